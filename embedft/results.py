@@ -1,0 +1,71 @@
+"""Typed results: evaluation reports and training results, written by one writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from embedft.data import DataReport
+
+__all__ = ["EvalReport", "TrainResult"]
+
+
+class EvalReport(BaseModel):
+    """Metrics of one model on dev and test. Test thresholds were chosen on dev."""
+
+    primary_metric: str
+    greater_is_better: bool = True
+    dev: dict[str, float]
+    test: dict[str, float]
+
+    @property
+    def dev_score(self) -> float:
+        return self.dev[self.primary_metric]
+
+    @property
+    def test_score(self) -> float:
+        return self.test[self.primary_metric]
+
+
+class TrainResult(BaseModel):
+    """What :meth:`embedft.Trainer.fit` did: before/after metrics, timings and paths."""
+
+    task: str
+    base_model: str
+    loss: str
+    before: EvalReport
+    after: EvalReport
+    train_pairs: int
+    train_steps: int
+    train_seconds: float
+    train_pairs_per_second: float
+    train_loss: float | None
+    stopped_early: bool = False
+    dev_history: list[tuple[int, float]] = []
+    device: str
+    output_dir: Path
+    model_path: Path
+    config_path: Path
+    metrics_path: Path
+    data: DataReport
+
+    def improvement(self, metric: str | None = None, split: str = "test") -> float:
+        """after - before for ``metric`` (the primary one by default) on ``split``."""
+        metric = metric or self.after.primary_metric
+        return getattr(self.after, split)[metric] - getattr(self.before, split)[metric]
+
+    def summary(self) -> str:
+        """A before/after table of the test metrics."""
+        keys = ["cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"]
+        keys = [k for k in keys if k in self.after.test] or sorted(self.after.test)
+        lines = [f"{'test metric':<18} {'base':>8} {'fine-tuned':>10} {'change':>8}"]
+        for k in keys:
+            b, a = self.before.test[k], self.after.test[k]
+            lines.append(f"{k:<18} {b:>8.4f} {a:>10.4f} {a - b:>+8.4f}")
+        lines.append(
+            f"trained {self.train_pairs} pairs, {self.train_steps} steps in {self.train_seconds:.1f}s "
+            f"({self.train_pairs_per_second:.1f} pairs/s on {self.device}); thresholds chosen on dev"
+        )
+        lines.append(f"model: {self.model_path}")
+        return "\n".join(lines)

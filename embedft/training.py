@@ -1,0 +1,338 @@
+"""Trainer: base model + loss + evaluator on sentence-transformers' own trainer.
+
+``fit()`` measures the base model on dev and test, trains with periodic dev
+evaluation, measures again on the same splits, and saves a model that plain
+``SentenceTransformer(path)`` loads::
+
+    from embedft import Trainer
+
+    result = Trainer(data="pairs.csv", epochs=1, output_dir="runs/quora").fit()
+    print(result.summary())
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, _validate, load_config
+from embedft.data import BuiltDataset, DatasetBuilder
+from embedft.errors import ConfigError, OutputExistsError
+from embedft.results import EvalReport, TrainResult
+from embedft.tasks import get_task
+
+__all__ = ["Trainer", "EvaluateHook"]
+
+logger = logging.getLogger(__name__)
+
+# Called at each dev evaluation with (global step, dev metrics without prefixes).
+# Returning True stops training; raising (e.g. optuna.TrialPruned) aborts fit().
+EvaluateHook = Callable[[int, dict[str, float]], "bool | None"]
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+_TOP_LEVEL = {"task", "output_dir", "overwrite"}
+
+
+def _route_kwargs(kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Send flat keyword arguments (``epochs=2``) to their config section."""
+    routed: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _TOP_LEVEL:
+            routed[key] = value
+            continue
+        homes = [name for name, cls in _SECTIONS.items() if key in cls.model_fields]
+        if not homes:
+            raise ConfigError("unknown Trainer argument", field=key, expected="a field of data, model or training config (or task/output_dir/overwrite)", found=key)
+        for home in homes:  # ``seed`` seeds both the split and the training
+            routed.setdefault(home, {})[key] = value
+    return routed
+
+
+class Trainer:
+    """Fine-tune a base model for a task, with before/after metrics on held-out data.
+
+    Args:
+        config: a :class:`RunConfig` (or a dict of one). Keyword arguments are merged in,
+            either flat (``epochs=2, base_model="..."``) or by section (``training={...}``).
+        data: a file path or hub id (sets ``data.source``), or in-memory data: a DataFrame,
+            a list of rows, or an already built :class:`BuiltDataset`.
+        loss: a loss module or factory ``model -> loss`` to use instead of the registry's.
+        evaluator: a sentence-transformers evaluator for dev instead of the registry's.
+        on_evaluate: hooks called at each dev evaluation (see :data:`EvaluateHook`).
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Example::
+
+        trainer = Trainer(data="pairs.tsv", base_model="sentence-transformers/all-MiniLM-L6-v2",
+                          epochs=1, batch_size=32, output_dir="runs/demo", overwrite=True)
+        result = trainer.fit()
+        result.after.test["cosine_ap"], result.model_path
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | dict[str, Any] | None = None,
+        *,
+        data: Any = None,
+        loss: Any = None,
+        evaluator: Any = None,
+        on_evaluate: list[EvaluateHook] | None = None,
+        callbacks: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        base = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
+        self._data_object = None
+        if isinstance(data, (str, os.PathLike)):
+            base.setdefault("data", {})
+            base["data"] = {**base["data"], "source": str(data)}
+        elif data is not None:
+            self._data_object = data
+        sections = {k: v for k, v in kwargs.items() if k in _SECTIONS and isinstance(v, dict)}
+        flat = {k: v for k, v in kwargs.items() if k not in sections}
+        for name, values in sections.items():
+            base[name] = {**base.get(name, {}), **values}
+        for name, values in _route_kwargs(flat).items():
+            if name in _SECTIONS:
+                base[name] = {**base.get(name, {}), **values}
+            else:
+                base[name] = values
+        self.config: RunConfig = _validate(RunConfig, base, "Trainer")
+        self.task = get_task(self.config.task)
+        self._loss = loss
+        self._evaluator = evaluator
+        self._hooks = list(on_evaluate or [])
+        self._callbacks = list(callbacks or [])
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> Trainer:
+        """A trainer from a YAML/JSON config file, with optional ``key=value`` overrides."""
+        cfg = load_config(path)
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
+        return cls(cfg, **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def build_data(self) -> BuiltDataset:
+        """The train/dev/test splits this trainer uses."""
+        if isinstance(self._data_object, BuiltDataset):
+            if self._data_object.task != self.task.name:
+                raise ConfigError("built dataset is for another task", field="task", expected=self.task.name, found=self._data_object.task)
+            return self._data_object
+        builder = DatasetBuilder(self.config.data, task=self.task.name)
+        return builder.build(self._data_object)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> TrainResult:
+        """Evaluate the base model, train, evaluate again, save; returns a :class:`TrainResult`."""
+        cfg = self.config
+        out = Path(cfg.output_dir).expanduser()
+        _check_output_dir(out, cfg.overwrite)
+        built = self.build_data()
+
+        from embedft.modeling import load_model, resolve_device, training_precision_flags
+
+        device = resolve_device(cfg.training.device)
+        precision = training_precision_flags(cfg.training, device)
+        _seed_everything(cfg.training.seed)
+        model = load_model(cfg.model, device, seed=cfg.training.seed)
+        t_cfg = cfg.training
+
+        before = self._evaluate(model, built)
+        logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
+
+        loss_spec = self.task.loss(t_cfg.loss)
+        train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
+        loss = self._loss if self._loss is not None else loss_spec.build(model, **t_cfg.loss_kwargs)
+        evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            monitor = _make_monitor(evaluator, self._hooks, t_cfg.early_stopping_patience, self.task.greater_is_better)
+            trainer = _make_st_trainer(model, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, [monitor, *self._callbacks])
+            t0 = time.perf_counter()
+            output = trainer.train()
+            seconds = time.perf_counter() - t0
+            model.eval()
+            after = self._evaluate(model, built)
+            logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
+
+            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+            model.save(str(tmp / "model"))
+            pairs_seen = len(train_ds) * float(trainer.state.epoch or 0.0)
+            result = TrainResult(
+                task=self.task.name,
+                base_model=cfg.model.base_model,
+                loss=loss_spec.name if self._loss is None else type(self._loss).__name__,
+                before=before,
+                after=after,
+                train_pairs=len(train_ds),
+                train_steps=int(trainer.state.global_step),
+                train_seconds=seconds,
+                train_pairs_per_second=pairs_seen / seconds if seconds > 0 else 0.0,
+                train_loss=_finite_or_none(output.training_loss),
+                stopped_early=monitor.stopped_early,
+                dev_history=monitor.history,
+                device=device,
+                output_dir=out,
+                model_path=out / "model",
+                config_path=out / "config.yaml",
+                metrics_path=out / "metrics.json",
+                data=built.report,
+            )
+            cfg.save(tmp / "config.yaml")
+            (tmp / "metrics.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+            _replace_dir(tmp, out, cfg.overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return result
+
+    def evaluate(self, model: Any = None) -> EvalReport:
+        """Evaluate ``model`` (or the base model) on this trainer's dev and test splits."""
+        from embedft.modeling import load_model, resolve_device
+
+        built = self.build_data()
+        if model is None or isinstance(model, (str, os.PathLike)):
+            cfg = self.config.model if model is None else self.config.model.model_copy(update={"base_model": str(model), "dense": None, "freeze_backbone": False})
+            model = load_model(cfg, resolve_device(self.config.training.device))
+        return self._evaluate(model, built)
+
+    def _evaluate(self, model: Any, built: BuiltDataset) -> EvalReport:
+        t_cfg = self.config.training
+        metrics = self.task.evaluate(model, built.dev, built.test, t_cfg.eval_batch_size, t_cfg.progress)
+        return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("output path is a file", field="output_dir", expected="a directory path", found=str(out))
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a model" if (out / "model").exists() or (out / "modules.json").exists() else "files"
+        raise OutputExistsError(
+            f"output directory already holds {what}",
+            field="output_dir",
+            expected="a new or empty directory",
+            found=str(out),
+            hint="pass overwrite=True (CLI: --overwrite) to replace it",
+        )
+
+
+def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished result into place; an old result is replaced only after the new one is complete."""
+    if out.exists():
+        _check_output_dir(out, overwrite)
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | None, greater_is_better: bool):
+    from transformers import TrainerCallback
+
+    primary = getattr(evaluator, "primary_metric", None)
+    prefix = "eval_"
+    name = getattr(evaluator, "name", "")
+
+    class DevMonitor(TrainerCallback):
+        """Collects dev scores, runs the evaluate hooks and early stopping."""
+
+        def __init__(self) -> None:
+            self.history: list[tuple[int, float]] = []
+            self.best: float | None = None
+            self.bad_evals = 0
+            self.stopped_early = False
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            strip = prefix + (f"{name}_" if name else "")
+            clean = {k[len(strip):] if k.startswith(strip) else k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            key = primary if primary in clean else next((k for k in clean if k.endswith(primary or "")), None)
+            score = clean.get(key) if key else None
+            if score is not None:
+                self.history.append((int(state.global_step), score))
+                better = self.best is None or (score > self.best if greater_is_better else score < self.best)
+                if better:
+                    self.best, self.bad_evals = score, 0
+                else:
+                    self.bad_evals += 1
+                    if patience is not None and self.bad_evals >= patience:
+                        logger.info("early stopping at step %d: no dev improvement in %d evaluations", state.global_step, patience)
+                        self.stopped_early = True
+                        control.should_training_stop = True
+            for hook in hooks:
+                if hook(int(state.global_step), clean):
+                    control.should_training_stop = True
+            return control
+
+    return DevMonitor()
+
+
+def _make_st_trainer(model, train_ds, loss, evaluator, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, bool], device: str, in_batch_negatives: bool, callbacks: list[Any]):
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / t_cfg.batch_size))
+    total = t_cfg.max_steps or math.ceil(steps_per_epoch * t_cfg.epochs)
+    eval_steps = t_cfg.eval_steps or steps_per_epoch
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(scratch),
+        num_train_epochs=t_cfg.epochs,
+        max_steps=t_cfg.max_steps or -1,
+        per_device_train_batch_size=t_cfg.batch_size,
+        per_device_eval_batch_size=t_cfg.eval_batch_size,
+        learning_rate=t_cfg.learning_rate,
+        warmup_steps=t_cfg.warmup_ratio,  # a float is a ratio in transformers>=5
+        lr_scheduler_type=t_cfg.scheduler,
+        weight_decay=t_cfg.weight_decay,
+        eval_strategy="steps",
+        eval_steps=min(eval_steps, total),
+        save_strategy="no",
+        logging_steps=max(1, min(50, total // 5 or 1)),
+        report_to="none",
+        seed=t_cfg.seed,
+        data_seed=t_cfg.seed,
+        disable_tqdm=not t_cfg.progress,
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
+        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        **precision,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+    if not t_cfg.progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # no log dicts on stdout when progress is off
+    return trainer
