@@ -63,7 +63,8 @@ class Trainer:
             either flat (``epochs=2, base_model="..."``) or by section (``training={...}``).
         data: a file path or hub id (sets ``data.source``), or in-memory data: a DataFrame,
             a list of rows, or an already built :class:`BuiltDataset`.
-        loss: a loss module or factory ``model -> loss`` to use instead of the registry's.
+        loss: a registered loss name (sets ``training.loss``), or a loss module or factory
+            ``model -> loss`` to use instead of the registry's.
         evaluator: a sentence-transformers evaluator for dev instead of the registry's.
         on_evaluate: hooks called at each dev evaluation (see :data:`EvaluateHook`).
         callbacks: extra ``transformers.TrainerCallback`` objects.
@@ -94,6 +95,8 @@ class Trainer:
             base["data"] = {**base["data"], "source": str(data)}
         elif data is not None:
             self._data_object = data
+        if isinstance(loss, str):
+            kwargs["loss"], loss = loss, None
         sections = {k: v for k, v in kwargs.items() if k in _SECTIONS and isinstance(v, dict)}
         flat = {k: v for k, v in kwargs.items() if k not in sections}
         for name, values in sections.items():

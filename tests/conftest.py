@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny offline BERT built once per session, small pair datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "embedft" / "resources" / "demo_duplicate_questions.tsv"
+SHARED_DATA = REPO.parent / "shared" / "data"
+QUORA = SHARED_DATA / "quora_duplicates" / "quora_duplicate_pairs.tsv.gz"
+
+_VOCAB_SENTENCES = [
+    "how do i learn python quickly",
+    "what is the best way to cook rice",
+    "why is the sky blue during the day",
+    "how can i reverse or sort a list in python",
+    "where should i travel in europe this summer",
+    "what are good exercises for back pain",
+    "how much money should i save for retirement",
+    "which phone has the best camera",
+    "how do i boil an egg soft or hard",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with a WordPiece tokenizer trained here: a SentenceTransformer folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    sentences = _VOCAB_SENTENCES + [line.split("\t")[2] for line in DEMO_DATA.read_text().splitlines()[1:]]
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(sentences, trainers.WordPieceTrainer(vocab_size=800, special_tokens=special))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    hf_dir = root / "hf"
+    BertModel(config).save_pretrained(hf_dir)
+    fast.save_pretrained(hf_dir)
+    st = SentenceTransformer(modules=[Transformer(str(hf_dir), max_seq_length=64), Pooling(32, "mean")], device="cpu")
+    st_dir = root / "st"
+    st.save(str(st_dir))
+    return str(st_dir)
+
+
+def make_pairs(n_groups: int = 40, seed: int = 0) -> list[dict]:
+    """Rows in groups of three linked questions (2 positives + 1 hard negative per group)."""
+    import random
+
+    rng = random.Random(seed)
+    topics = ["python", "rice", "sky", "europe", "retirement", "camera", "eggs", "guitar", "taxes", "running"]
+    rows = []
+    for g in range(n_groups):
+        t = topics[g % len(topics)]
+        a, b, c = f"how do i {t} thing {g}", f"what is the way to {t} thing {g}", f"why does {t} thing {g} fail"
+        rows.append({"question1": a, "question2": b, "is_duplicate": 1})
+        rows.append({"question1": b, "question2": c, "is_duplicate": 0})
+        if rng.random() < 0.5:
+            rows.append({"question1": a, "question2": c + " today", "is_duplicate": 0})
+    return rows
+
+
+@pytest.fixture
+def pairs() -> list[dict]:
+    return make_pairs()
+
+
+@pytest.fixture
+def no_cache(tmp_path, monkeypatch):
+    """Point the dataset cache at a temporary folder."""
+    monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def train_kwargs(tiny_model_path, tmp_path) -> dict:
+    """Keyword arguments for a fast Trainer run on the demo data with the tiny model."""
+    return dict(
+        data=str(DEMO_DATA),
+        base_model=tiny_model_path,
+        output_dir=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=32,
+        learning_rate=5e-4,
+        progress=False,
+        cache=False,
+        max_train_pairs=96,
+    )
