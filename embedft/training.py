@@ -64,7 +64,8 @@ class Trainer:
         data: a file path or hub id (sets ``data.source``), or in-memory data: a DataFrame,
             a list of rows, or an already built :class:`BuiltDataset`.
         loss: a registered loss name (sets ``training.loss``), or a loss module or factory
-            ``model -> loss`` to use instead of the registry's.
+            ``model -> loss`` to use instead of the registry's; the training data then has
+            the layout of ``training.loss`` (the task default unless set).
         evaluator: a sentence-transformers evaluator for dev instead of the registry's.
         on_evaluate: hooks called at each dev evaluation (see :data:`EvaluateHook`).
         callbacks: extra ``transformers.TrainerCallback`` objects.
@@ -174,7 +175,7 @@ class Trainer:
             result = TrainResult(
                 task=self.task.name,
                 base_model=cfg.model.base_model,
-                loss=loss_spec.name if self._loss is None else type(self._loss).__name__,
+                loss=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
                 before=before,
                 after=after,
                 train_pairs=len(train_ds),

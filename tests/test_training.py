@@ -1,0 +1,142 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from embedft import ConfigError, ModelError, OutputExistsError, RunConfig, Trainer, get_task
+
+
+def leftovers(parent, name="run"):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def test_fit_saves_loadable_model_config_and_metrics(train_kwargs, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = Trainer(**train_kwargs).fit()
+    ours = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning)) and "embedft" in w.filename]
+    assert not ours, [str(w.message) for w in ours]
+    out = tmp_path / "run"
+    assert result.output_dir == out and result.model_path == out / "model"
+    assert (out / "model" / "modules.json").is_file() and (out / "model" / "README.md").is_file()
+    assert RunConfig.from_file(out / "config.yaml") == Trainer(**train_kwargs).config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["after"]["test"]["cosine_ap"] == pytest.approx(result.after.test["cosine_ap"])
+    assert result.train_pairs == 96 and result.train_steps == 3
+    assert result.before.dev != result.after.dev  # training changed the model
+    assert len(result.dev_history) >= 1
+    loaded = SentenceTransformer(str(out / "model"), device="cpu")
+    report = Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "other")}).evaluate(str(out / "model"))
+    assert report.test["cosine_ap"] == pytest.approx(result.after.test["cosine_ap"], abs=1e-6)
+    assert loaded.encode(["hello"]).shape == (1, 32)
+    assert leftovers(tmp_path) == []
+
+
+def test_refuses_existing_output_and_leaves_it_untouched(train_kwargs, tmp_path):
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError) as err:
+        Trainer(**train_kwargs).fit()
+    assert err.value.field == "output_dir" and "overwrite" in str(err.value)
+    assert (out / "model" / "keep.txt").read_text() == "precious"
+    result = Trainer(**{**train_kwargs, "overwrite": True}).fit()
+    assert not (out / "model" / "keep.txt").exists() and (result.model_path / "modules.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_crash_during_training_leaves_no_output(train_kwargs, tmp_path):
+    class Boom(RuntimeError):
+        pass
+
+    def explode(step, metrics):
+        raise Boom("pruned")
+
+    with pytest.raises(Boom):
+        Trainer(**train_kwargs, eval_steps=1, on_evaluate=[explode]).fit()
+    assert not (tmp_path / "run").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_evaluate_hook_sees_dev_scores_and_can_stop(train_kwargs):
+    seen = []
+
+    def hook(step, metrics):
+        seen.append((step, metrics["cosine_ap"]))
+        return step >= 2
+
+    result = Trainer(**train_kwargs, eval_steps=1, on_evaluate=[hook]).fit()
+    assert [s for s, _ in seen] == [1, 2]
+    assert result.train_steps == 2
+    assert [s for s, _ in result.dev_history] == [1, 2]
+
+
+def test_early_stopping(train_kwargs):
+    result = Trainer(**{**train_kwargs, "max_train_pairs": None, "learning_rate": 1e-12}, eval_steps=1, warmup_ratio=0.0, early_stopping_patience=2).fit()
+    assert result.stopped_early
+    assert result.train_steps == 3  # no improvement at steps 2 and 3 with a zero-ish learning rate
+
+
+@pytest.mark.parametrize("loss", sorted(get_task("pair-classification").losses))
+def test_every_allowed_loss_trains(train_kwargs, loss):
+    hard = loss == "MultipleNegativesRankingLoss"
+    result = Trainer(**train_kwargs, loss=loss, hard_negatives=hard).fit()
+    assert result.loss == loss
+    assert result.train_loss is not None and np.isfinite(result.train_loss)
+    assert result.after.dev != result.before.dev
+
+
+def test_dense_head_with_frozen_backbone(train_kwargs, tiny_model_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    result = Trainer(**train_kwargs, dense={"out_features": 8, "activation": "relu"}, freeze_backbone=True).fit()
+    base = SentenceTransformer(tiny_model_path, device="cpu")
+    tuned = SentenceTransformer(str(result.model_path), device="cpu")
+    assert tuned.encode(["a question"]).shape == (1, 8)
+    b_state = base[0].state_dict()
+    t_state = tuned[0].state_dict()
+    assert all(torch.equal(b_state[k], t_state[k]) for k in b_state)  # backbone untouched
+
+
+def test_same_seed_same_metrics(train_kwargs, tmp_path):
+    a = Trainer(**train_kwargs).fit()
+    b = Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "again")}).fit()
+    assert a.after.test == pytest.approx(b.after.test, abs=1e-6)
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+
+
+def test_missing_model_path(train_kwargs, tmp_path):
+    with pytest.raises(ModelError) as err:
+        Trainer(**{**train_kwargs, "base_model": str(tmp_path / "no-model")}).fit()
+    assert err.value.field == "model.base_model"
+    assert not (tmp_path / "run").exists()
+    not_a_model = tmp_path / "folder"
+    not_a_model.mkdir()
+    with pytest.raises(ModelError, match="not a model folder"):
+        Trainer(**{**train_kwargs, "base_model": str(not_a_model)}).fit()
+
+
+def test_unknown_trainer_argument_and_loss():
+    with pytest.raises(ConfigError) as err:
+        Trainer(epochz=3)
+    assert err.value.field == "epochz"
+    with pytest.raises(ConfigError) as err:
+        Trainer(loss="TripletLoss")
+    assert "not allowed" in str(err.value)
+
+
+def test_accepts_built_dataset_and_custom_loss(train_kwargs, tiny_model_path):
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    from embedft import DatasetBuilder
+
+    from conftest import DEMO_DATA
+
+    built = DatasetBuilder(cache=False, max_train_pairs=64).build(str(DEMO_DATA))
+    kwargs = {k: v for k, v in train_kwargs.items() if k not in ("data", "cache", "max_train_pairs")}
+    result = Trainer(data=built, loss=lambda model: CoSENTLoss(model), **kwargs).fit()
+    assert result.train_pairs == 64 and result.loss == "CoSENTLoss"
