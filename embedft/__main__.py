@@ -1,0 +1,5 @@
+import sys
+
+from embedft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""The ``embedft`` command line: train, evaluate, inspect data, and the demo.
+
+User errors print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from embedft.config import RunConfig, load_config
+from embedft.errors import EmbedftError
+
+__all__ = ["main", "build_parser", "demo_config", "DEMO_DATA"]
+
+DEMO_DATA = "demo_duplicate_questions.tsv"
+
+
+def demo_config(output_dir: str = "runs/demo") -> RunConfig:
+    """The embedded default: packaged MiniLM on the shipped duplicate-question sample."""
+    data = resources.files("embedft") / "resources" / DEMO_DATA
+    return RunConfig.from_dict(
+        {
+            "task": "pair-classification",
+            "data": {"source": str(data), "splits": {"train": 0.6, "dev": 0.2, "test": 0.2}, "cache": False},
+            "model": {"base_model": "sentence-transformers/all-MiniLM-L6-v2"},
+            "training": {"loss": "MultipleNegativesRankingLoss", "hard_negatives": True, "epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
+            "output_dir": output_dir,
+        },
+        source="demo",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedft", description="Fine-tune text-embedding models for your task.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fine-tune a model from a YAML/JSON config")
+    p.add_argument("config", help="config file (.yaml/.yml/.json)")
+    _add_set(p)
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    p = sub.add_parser("evaluate", help="evaluate a model on the dev/test splits of some data")
+    p.add_argument("model", help="model folder or hub id")
+    p.add_argument("--data", required=True, help="data file or hub dataset id")
+    p.add_argument("--config", help="config file for the task and data settings")
+    _add_set(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data.add_parser("inspect", help="counts, label balance and leakage check of the splits")
+    p.add_argument("source", help="data file or hub dataset id")
+    p.add_argument("--config", help="config file for the task and data settings")
+    _add_set(p)
+    p.add_argument("--save", help="write the built splits (Parquet) and report to this folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("demo", help="fine-tune the packaged MiniLM on the shipped duplicate-question sample")
+    p.add_argument("--output-dir", default="runs/demo")
+    _add_set(p)
+
+    p = sub.add_parser("init", help="write a commented starting config")
+    p.add_argument("path", help="where to write the config (.yaml or .json)")
+    p.add_argument("--data", help="data source to put in the config")
+    return parser
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable), e.g. training.epochs=2")
+
+
+def _config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    cfg = base or (load_config(args.config) if getattr(args, "config", None) else RunConfig())
+    if args.overrides:
+        cfg = cfg.with_overrides(args.overrides)
+    return cfg
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedft").setLevel(level)
+    if not args.debug:
+        for noisy in ("sentence_transformers", "transformers", "datasets"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _train(cfg: RunConfig, quiet: bool) -> int:
+    from embedft.training import Trainer
+
+    if quiet:
+        cfg = cfg.with_overrides({"training.progress": False})
+    trainer = Trainer(cfg)
+    built = trainer.build_data()
+    print(built.report.summary(), flush=True)
+    result = Trainer(cfg, data=built).fit()
+    print()
+    print(result.summary())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        cfg = _config(args)
+        updates = {}
+        if args.output_dir:
+            updates["output_dir"] = args.output_dir
+        if args.overwrite:
+            updates["overwrite"] = True
+        return _train(cfg.with_overrides(updates) if updates else cfg, args.quiet)
+    if args.command == "demo":
+        cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
+        print(f"embedft demo: fine-tuning {cfg.model.base_model} on the shipped duplicate-question sample -> {cfg.output_dir}")
+        return _train(cfg, args.quiet)
+    if args.command == "init":
+        cfg = RunConfig()
+        if args.data:
+            cfg = cfg.with_overrides({"data.source": args.data})
+        path = Path(args.path)
+        if path.exists():
+            raise EmbedftError("refusing to overwrite an existing file", field="path", expected="a new file", found=str(path))
+        cfg.save(path)
+        print(f"wrote {path}")
+        return 0
+    if args.command == "data":
+        from embedft.data import DatasetBuilder
+
+        cfg = _config(args).with_overrides({"data.source": args.source})
+        built = DatasetBuilder(cfg.data, task=cfg.task).build()
+        if args.save:
+            built.save(args.save)
+        print(built.report.model_dump_json(indent=2) if args.json else built.report.summary())
+        return 0
+    if args.command == "evaluate":
+        from embedft.training import Trainer
+
+        cfg = _config(args).with_overrides({"data.source": args.data})
+        if args.quiet:
+            cfg = cfg.with_overrides({"training.progress": False})
+        report = Trainer(cfg).evaluate(args.model)
+        if args.json:
+            print(json.dumps(report.model_dump(), indent=2))
+        else:
+            print(f"{'metric':<20} {'dev':>8} {'test':>8}")
+            for key in report.test:
+                print(f"{key:<20} {report.dev[key]:>8.4f} {report.test[key]:>8.4f}")
+            print("test accuracy/F1 use thresholds chosen on dev")
+        return 0
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return _run(args)
+    except EmbedftError as exc:
+        if args.debug:
+            raise
+        print(f"embedft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embedft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

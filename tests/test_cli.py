@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from embedft.cli import demo_config, main
+
+from conftest import DEMO_DATA
+
+
+def write_config(path, tiny_model_path, out, **training):
+    cfg = {
+        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
+        "model": {"base_model": tiny_model_path},
+        "training": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-4, "progress": False, **training},
+        "output_dir": str(out),
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_with_set_overrides(tmp_path, tiny_model_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_path, tmp_path / "out")
+    code = main(["-q", "train", str(cfg), "--set", "training.loss=CoSENTLoss", "--set", "data.max_train_pairs=32"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "leakage check" in out and "cosine_ap" in out and "fine-tuned" in out
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert saved["training"]["loss"] == "CoSENTLoss" and saved["data"]["max_train_pairs"] == 32
+    # Running again refuses, with one line and exit code 2, until --overwrite.
+    assert main(["-q", "train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("embedft: error: output directory already holds a model")
+    assert main(["-q", "train", str(cfg), "--overwrite"]) == 0
+
+
+def test_evaluate_and_inspect(tmp_path, tiny_model_path, capsys):
+    assert main(["-q", "data", "inspect", str(DEMO_DATA), "--set", "data.cache=false", "--save", str(tmp_path / "splits")]) == 0
+    out = capsys.readouterr().out
+    assert "leakage check (texts shared between splits) OK" in out and "train/dev: 0" in out
+    assert (tmp_path / "splits" / "test.parquet").is_file()
+    assert main(["-q", "evaluate", tiny_model_path, "--data", str(DEMO_DATA), "--set", "data.cache=false", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["test"]["cosine_ap"] <= 1.0
+    assert report["test"]["f1_threshold"] == report["dev"]["f1_threshold"]
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  lr: 0.1\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training.lr" in err and "Traceback" not in err
+    assert main(["data", "inspect", str(tmp_path / "missing.csv")]) == 2
+    assert "data file not found" in capsys.readouterr().err
+    with pytest.raises(Exception):
+        main(["--debug", "train", str(bad)])
+
+
+def test_init_writes_a_config_train_accepts(tmp_path, capsys):
+    path = tmp_path / "new.yaml"
+    assert main(["init", str(path), "--data", "pairs.csv"]) == 0
+    from embedft import RunConfig
+
+    assert RunConfig.from_file(path).data.source == "pairs.csv"
+    assert main(["init", str(path)]) == 2
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "embedft", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "demo" in out.stdout
+
+
+def test_demo_config_points_at_shipped_data():
+    cfg = demo_config()
+    assert cfg.data.source.endswith("demo_duplicate_questions.tsv")
+    from pathlib import Path
+
+    assert Path(cfg.data.source).is_file()
