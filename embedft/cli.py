@@ -28,7 +28,7 @@ def demo_config(output_dir: str = "runs/demo") -> RunConfig:
             "task": "pair-classification",
             "data": {"source": str(data), "splits": {"train": 0.6, "dev": 0.2, "test": 0.2}, "cache": False},
             "model": {"base_model": "sentence-transformers/all-MiniLM-L6-v2"},
-            "training": {"loss": "MultipleNegativesRankingLoss", "hard_negatives": True, "epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
+            "training": {"loss": "OnlineContrastiveLoss", "epochs": 2, "batch_size": 16, "learning_rate": 1e-4},
             "output_dir": output_dir,
         },
         source="demo",
