@@ -19,13 +19,26 @@ from embedft.errors import (
     OutputExistsError,
 )
 from embedft.results import EvalReport, TrainResult
+from embedft.search import CategoricalParam, FloatParam, IntParam, OptunaSearch, PrunerConfig, SamplerConfig, SearchConfig, SearchResult
 from embedft.tasks import TASKS, LossSpec, TaskSpec, get_task, register_task
 from embedft.training import Trainer
+from embedft.trial import TrialConfig, TrialResult, run_trial
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BuiltDataset",
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "OptunaSearch",
+    "PrunerConfig",
+    "SamplerConfig",
+    "SearchConfig",
+    "SearchResult",
+    "TrialConfig",
+    "TrialResult",
+    "run_trial",
     "ConfigError",
     "DataConfig",
     "DataError",

@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     _add_set(p)
 
+    p = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
+    p.add_argument("config", help="search config file (.yaml/.json): base + space + budget")
+    _add_set(p)
+    p.add_argument("--workers", type=int, help="parallel local worker processes")
+    p.add_argument("--storage", help="Optuna storage URL (default: a journal file in the output dir)")
+    p.add_argument("--n-trials", type=int, help="number of completed+pruned trials to reach")
+    p.add_argument("--output-dir", help="override output_dir")
+
     p = sub.add_parser("init", help="write a commented starting config")
     p.add_argument("path", help="where to write the config (.yaml or .json)")
     p.add_argument("--data", help="data source to put in the config")
@@ -106,6 +114,49 @@ def _train(cfg: RunConfig, quiet: bool) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from embedft.search import OptunaSearch, SearchConfig, _Progress, format_trials
+
+    cfg = load_config(args.config, SearchConfig)
+    updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir)) if v is not None}
+    data = cfg.model_dump(mode="json")
+    data.update(updates)
+    if args.overrides:
+        from embedft.config import _parse_scalar, _set_dotted, _split_assignment
+
+        for key, value in map(_split_assignment, args.overrides):
+            _set_dotted(data, key, _parse_scalar(value))
+    cfg = SearchConfig.from_dict(data)
+    _Progress.enabled = not args.quiet
+    search = OptunaSearch(cfg)
+    print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials, {cfg.workers} worker(s)")
+    result = search.run()
+    print()
+    print(format_trials(json.loads(result.trials_json.read_text(encoding="utf-8")), best=result.best_number))
+    print(f"trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; train time {result.train_seconds:.1f}s")
+    if result.best_number is None:
+        print("no trial completed")
+        return 1
+    print(f"best trial #{result.best_number}: dev {search.task.primary_metric} = {result.best_value:.4f}")
+    for key, value in result.best_params.items():
+        print(f"  {key} = {value}")
+    if result.best_test:
+        for key in ("cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"):
+            if key in result.best_test:
+                print(f"  test {key}: base {result.base_test.get(key, float('nan')):.4f} -> best {result.best_test[key]:.4f}")
+    print(f"best config: {result.best_config_path}  (embedft train {result.best_config_path})")
+    if result.best_model_path:
+        print(f"best model: {result.best_model_path}")
+    print(f"trials table: {result.trials_csv}; plots: {', '.join(str(p) for p in result.plots) or 'none'}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from embedft.search import _redact
+
+    return _redact(url)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         cfg = _config(args)
@@ -119,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
         print(f"embedft demo: fine-tuning {cfg.model.base_model} on the shipped duplicate-question sample -> {cfg.output_dir}")
         return _train(cfg, args.quiet)
+    if args.command == "search":
+        return _search(args)
     if args.command == "init":
         cfg = RunConfig()
         if args.data:

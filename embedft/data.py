@@ -123,6 +123,20 @@ class BuiltDataset:
             raise DataError("unknown split", field="split", expected=list(SPLITS), found=name)
         return getattr(self, name)
 
+    def cap_train(self, cap: int | None, seed: int = 0) -> BuiltDataset:
+        """The same splits with train cut to ``cap`` pairs (label-stratified, seeded); dev and test unchanged.
+
+        Gives the same train split as building with ``max_train_pairs=cap`` and the same seed,
+        so a search builds once and each trial takes its own training-set size.
+        """
+        if cap is None or cap >= len(self.train):
+            return self
+        train = _stratified_cap(self.train, cap, seed)
+        report = self.report.model_copy(
+            update={"splits": {**self.report.splits, "train": _stats(train)}, "max_train_pairs": cap}
+        )
+        return BuiltDataset(train=train, dev=self.dev, test=self.test, report=report, task=self.task)
+
     def examples(self, name: str = "train") -> list:
         """The split as sentence-transformers ``InputExample`` pairs."""
         from sentence_transformers import InputExample

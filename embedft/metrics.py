@@ -76,19 +76,22 @@ def cosine_scores(model, text1: list[str], text2: list[str], batch_size: int = 6
 
 
 def evaluate_pair_classification(
-    model, dev: pd.DataFrame, test: pd.DataFrame, batch_size: int = 64, show_progress: bool = False
+    model, dev: pd.DataFrame, test: pd.DataFrame | None, batch_size: int = 64, show_progress: bool = False
 ) -> dict[str, dict[str, float]]:
     """Dev and test metrics of ``model``; test thresholds come from dev.
 
     Returns ``{"dev": {...}, "test": {...}}`` with ``cosine_ap``, ``cosine_roc_auc``,
     ``cosine_accuracy``, ``cosine_f1``, ``cosine_precision``, ``cosine_recall`` and the
-    two thresholds (``accuracy_threshold``, ``f1_threshold``) in both.
+    two thresholds (``accuracy_threshold``, ``f1_threshold``) in both. With ``test=None``
+    the test split is not touched and ``report["test"]`` is empty.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, float]] = {"test": {}}
     thresholds: dict[str, float] = {}
     for split_name, frame in (("dev", dev), ("test", test)):
+        if frame is None:
+            continue
         scores = cosine_scores(model, frame["text1"].tolist(), frame["text2"].tolist(), batch_size, show_progress)
         labels = frame["label"].to_numpy(dtype=np.int64)
         if split_name == "dev":

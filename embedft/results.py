@@ -17,7 +17,7 @@ class EvalReport(BaseModel):
     primary_metric: str
     greater_is_better: bool = True
     dev: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, float] = {}
 
     @property
     def dev_score(self) -> float:
@@ -34,7 +34,7 @@ class TrainResult(BaseModel):
     task: str
     base_model: str
     loss: str
-    before: EvalReport
+    before: EvalReport | None
     after: EvalReport
     train_pairs: int
     train_steps: int
@@ -53,16 +53,24 @@ class TrainResult(BaseModel):
     def improvement(self, metric: str | None = None, split: str = "test") -> float:
         """after - before for ``metric`` (the primary one by default) on ``split``."""
         metric = metric or self.after.primary_metric
+        if self.before is None:
+            raise ValueError("this run skipped the base-model evaluation")
         return getattr(self.after, split)[metric] - getattr(self.before, split)[metric]
 
     def summary(self) -> str:
         """A before/after table of the test metrics."""
         keys = ["cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"]
-        keys = [k for k in keys if k in self.after.test] or sorted(self.after.test)
-        lines = [f"{'test metric':<18} {'base':>8} {'fine-tuned':>10} {'change':>8}"]
+        split = "test" if self.after.test else "dev"
+        after = getattr(self.after, split)
+        before = getattr(self.before, split) if self.before is not None else {}
+        keys = [k for k in keys if k in after] or sorted(after)
+        lines = [f"{split + ' metric':<18} {'base':>8} {'fine-tuned':>10} {'change':>8}"]
         for k in keys:
-            b, a = self.before.test[k], self.after.test[k]
-            lines.append(f"{k:<18} {b:>8.4f} {a:>10.4f} {a - b:>+8.4f}")
+            a = after[k]
+            if k in before:
+                lines.append(f"{k:<18} {before[k]:>8.4f} {a:>10.4f} {a - before[k]:>+8.4f}")
+            else:
+                lines.append(f"{k:<18} {'-':>8} {a:>10.4f} {'':>8}")
         lines.append(
             f"trained {self.train_pairs} pairs, {self.train_steps} steps in {self.train_seconds:.1f}s "
             f"({self.train_pairs_per_second:.1f} pairs/s on {self.device}); thresholds chosen on dev"

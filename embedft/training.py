@@ -128,13 +128,17 @@ class Trainer:
         if isinstance(self._data_object, BuiltDataset):
             if self._data_object.task != self.task.name:
                 raise ConfigError("built dataset is for another task", field="task", expected=self.task.name, found=self._data_object.task)
-            return self._data_object
+            return self._data_object.cap_train(self.config.data.max_train_pairs, self.config.data.seed)
         builder = DatasetBuilder(self.config.data, task=self.task.name)
         return builder.build(self._data_object)
 
     # ------------------------------------------------------------------ fit
-    def fit(self) -> TrainResult:
-        """Evaluate the base model, train, evaluate again, save; returns a :class:`TrainResult`."""
+    def fit(self, *, baseline: bool = True, evaluate_test: bool = True) -> TrainResult:
+        """Evaluate the base model, train, evaluate again, save; returns a :class:`TrainResult`.
+
+        ``baseline=False`` skips the base-model evaluation (``result.before`` is None) and
+        ``evaluate_test=False`` keeps the test split untouched (search trials choose on dev only).
+        """
         cfg = self.config
         out = Path(cfg.output_dir).expanduser()
         _check_output_dir(out, cfg.overwrite)
@@ -148,8 +152,9 @@ class Trainer:
         model = load_model(cfg.model, device, seed=cfg.training.seed)
         t_cfg = cfg.training
 
-        before = self._evaluate(model, built)
-        logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
+        before = self._evaluate(model, built, evaluate_test) if baseline else None
+        if before is not None:
+            logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
 
         loss_spec = self.task.loss(t_cfg.loss)
         train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
@@ -166,7 +171,7 @@ class Trainer:
             output = trainer.train()
             seconds = time.perf_counter() - t0
             model.eval()
-            after = self._evaluate(model, built)
+            after = self._evaluate(model, built, evaluate_test)
             logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
 
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
@@ -209,9 +214,10 @@ class Trainer:
             model = load_model(cfg, resolve_device(self.config.training.device))
         return self._evaluate(model, built)
 
-    def _evaluate(self, model: Any, built: BuiltDataset) -> EvalReport:
+    def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> EvalReport:
         t_cfg = self.config.training
-        metrics = self.task.evaluate(model, built.dev, built.test, t_cfg.eval_batch_size, t_cfg.progress)
+        test = built.test if evaluate_test else None
+        metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress)
         return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
 
 
@@ -272,6 +278,11 @@ def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | Non
             self.bad_evals = 0
             self.stopped_early = False
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise FloatingPointError(f"training loss is {loss} at step {state.global_step}")
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             metrics = metrics or {}
             strip = prefix + (f"{name}_" if name else "")
@@ -318,6 +329,7 @@ def _make_st_trainer(model, train_ds, loss, evaluator, t_cfg: TrainingConfig, sc
         eval_steps=min(eval_steps, total),
         save_strategy="no",
         logging_steps=max(1, min(50, total // 5 or 1)),
+        logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
         report_to="none",
         seed=t_cfg.seed,
         data_seed=t_cfg.seed,

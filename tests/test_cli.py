@@ -79,3 +79,29 @@ def test_demo_config_points_at_shipped_data():
     from pathlib import Path
 
     assert Path(cfg.data.source).is_file()
+
+
+def test_search_command_prints_the_table_and_a_trainable_best_config(tmp_path, tiny_model_path, capsys):
+    base = yaml.safe_load(write_config(tmp_path / "base.yaml", tiny_model_path, tmp_path / "unused").read_text())
+    cfg = {
+        "base": base,
+        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+        "n_trials": 5,
+        "output_dir": str(tmp_path / "from-file"),
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code = main(["-q", "search", str(path), "--n-trials", "2", "--output-dir", str(tmp_path / "s"), "--set", "base.training.batch_size=16"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("#"))
+    assert lines[header].split()[:4] == ["#", "state", "value", "learning_rate"]
+    assert [line.split()[1] for line in lines[header + 1 : header + 3]] == ["COMPLETE", "COMPLETE"]
+    assert "trials: 2 complete, 0 pruned, 0 failed" in out
+    saved = yaml.safe_load((tmp_path / "s" / "search.yaml").read_text())
+    assert saved["n_trials"] == 2 and saved["base"]["training"]["batch_size"] == 16
+    assert not (tmp_path / "from-file").exists()
+    best = yaml.safe_load((tmp_path / "s" / "best_config.yaml").read_text())
+    assert best["training"]["batch_size"] == 16 and 1e-4 <= best["training"]["learning_rate"] <= 1e-3
+    assert main(["-q", "train", str(tmp_path / "s" / "best_config.yaml")]) == 0

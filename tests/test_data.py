@@ -252,6 +252,17 @@ def test_train_cap_keeps_dev_and_test():
     assert capped.report.train_pairs_before_cap == len(full.train)
 
 
+def test_cap_after_build_equals_cap_at_build(tmp_path):
+    # A search builds once and each trial cuts its own training-set size from the saved splits.
+    full = build(str(DEMO_DATA))
+    full.save(tmp_path / "built")
+    cut = BuiltDataset.load(tmp_path / "built").cap_train(100, seed=42)
+    direct = build(str(DEMO_DATA), max_train_pairs=100, seed=42)
+    assert cut.train.equals(direct.train) and cut.test.equals(direct.test)
+    assert cut.report.splits["train"].pairs == 100 and cut.report.max_train_pairs == 100
+    assert full.cap_train(None) is full and full.cap_train(10**6) is full
+
+
 def test_cache_by_fingerprint(tmp_path):
     first = DatasetBuilder(cache_dir=str(tmp_path)).build(str(DEMO_DATA))
     second = DatasetBuilder(cache_dir=str(tmp_path)).build(str(DEMO_DATA))

@@ -1,0 +1,251 @@
+"""Executors run trials for the search driver: in this process, or in local worker processes.
+
+An executor takes :class:`~embedft.trial.TrialConfig` objects with ``submit`` and hands back
+finished :class:`~embedft.trial.TrialResult` objects from ``wait``. Intermediate dev scores
+flow back through ``on_report(number, step, value) -> prune?`` while trials run; across
+processes they travel over each worker's pipe and the prune decision comes back the same
+way; the Modal backend makes the same round trip with a ``modal.Queue`` and a ``modal.Dict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from multiprocessing import connection as mp_connection
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from embedft.trial import TrialConfig, TrialResult, run_trial
+
+__all__ = ["Executor", "InProcessExecutor", "ProcessExecutor", "OnReport"]
+
+logger = logging.getLogger(__name__)
+
+OnReport = Callable[[int, int, float], bool]
+TrialFn = Callable[..., TrialResult]
+
+
+class Executor(Protocol):
+    """What the search driver needs from an executor."""
+
+    max_parallel: int
+
+    def submit(self, config: TrialConfig) -> None: ...
+
+    def wait(self, on_report: OnReport, timeout: float) -> list[TrialResult]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """Runs one trial at a time in the calling process."""
+
+    max_parallel = 1
+
+    def __init__(self, trial_fn: TrialFn = run_trial) -> None:
+        self._trial_fn = trial_fn
+        self._pending: deque[TrialConfig] = deque()
+
+    def submit(self, config: TrialConfig) -> None:
+        self._pending.append(config)
+
+    def wait(self, on_report: OnReport, timeout: float = 0.0) -> list[TrialResult]:
+        if not self._pending:
+            return []
+        config = self._pending.popleft()
+        return [_guarded(self._trial_fn, config, lambda step, value: on_report(config.number, step, value))]
+
+    def close(self) -> None:
+        self._pending.clear()
+
+
+def _guarded(trial_fn: TrialFn, config: TrialConfig, report) -> TrialResult:
+    """Run ``trial_fn``; an exception it lets through becomes a failed result."""
+    try:
+        return trial_fn(config, report)
+    except Exception as exc:
+        return TrialResult(number=config.number, state="fail", error=f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------- processes
+def _worker_main(conn, trial_fn: TrialFn, threads: int | None, decision_timeout: float) -> None:
+    """A worker process: takes trial configs over its pipe, runs them, sends reports and results back.
+
+    Each worker has its own duplex pipe, written synchronously: a worker that dies can lose
+    only its own messages and never leaves a shared lock held.
+    """
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:  # pragma: no cover
+            pass
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if message[0] != "trial":  # a prune decision that came after its report timed out
+            continue
+        config = TrialConfig.model_validate_json(message[1])
+
+        def report(step: int, value: float) -> bool:
+            conn.send(("report", step, value))
+            deadline = time.monotonic() + decision_timeout
+            while conn.poll(max(0.0, deadline - time.monotonic())):
+                kind, answered_step, prune = conn.recv()
+                if kind == "decision" and answered_step == step:
+                    return bool(prune)
+                if time.monotonic() >= deadline:
+                    break
+            return False  # no answer in time: keep training
+
+        result = _guarded(trial_fn, config, report)
+        conn.send(("result", result.model_dump_json()))
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "number")
+
+    def __init__(self, proc, conn) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.number: int | None = None  # the trial it is running
+
+
+class ProcessExecutor:
+    """N worker processes on this machine; CPU threads are divided among them.
+
+    The driver hands each trial to one idle worker itself, so it always knows which trial a
+    worker holds. Intermediate scores travel over the worker's pipe and the prune decision
+    comes back the same way (the Modal backend uses a queue and a dict for the same round
+    trip). A worker that dies (killed, out of memory, ``os._exit``) fails only the trial it
+    was running, recorded with its exit code; a fresh worker takes its place. With GPUs,
+    each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) round-robin.
+    """
+
+    def __init__(self, workers: int, trial_fn: TrialFn = run_trial, decision_timeout: float = 60.0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.max_parallel = workers
+        self._trial_fn = trial_fn
+        self._decision_timeout = decision_timeout
+        self._ctx = mp.get_context("spawn")
+        self._threads = max(1, (os.cpu_count() or 1) // workers)
+        self._gpus = _gpu_count()
+        self._workers: list[_Worker] = []
+        self._pending: deque[TrialConfig] = deque()
+        self._slot = 0
+        for _ in range(workers):
+            self._workers.append(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        env_gpu = str(self._slot % self._gpus) if self._gpus else None
+        self._slot += 1
+        parent, child = self._ctx.Pipe(duplex=True)
+        old = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if env_gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = env_gpu
+        try:
+            proc = self._ctx.Process(
+                target=_worker_main, args=(child, self._trial_fn, self._threads, self._decision_timeout), daemon=True
+            )
+            proc.start()
+        finally:
+            if env_gpu is not None:
+                if old is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = old
+        child.close()
+        return _Worker(proc, parent)
+
+    def submit(self, config: TrialConfig) -> None:
+        self._pending.append(config)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if not self._pending:
+                return
+            if worker.number is None and worker.proc.is_alive():
+                config = self._pending.popleft()
+                worker.number = config.number
+                worker.conn.send(("trial", config.model_dump_json()))
+
+    def wait(self, on_report: OnReport, timeout: float = 1.0) -> list[TrialResult]:
+        results: list[TrialResult] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self._dispatch()
+            handles = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
+            ready = set(mp_connection.wait(handles, timeout=max(0.0, deadline - time.monotonic())))
+            for index, worker in enumerate(list(self._workers)):
+                if worker.conn in ready:
+                    if not self._drain(worker, on_report, results):
+                        results.extend(self._replace(index, worker))
+                elif worker.proc.sentinel in ready:
+                    results.extend(self._replace(index, worker))
+            if results or time.monotonic() >= deadline:
+                self._dispatch()
+                return results
+
+    def _drain(self, worker: _Worker, on_report: OnReport, results: list[TrialResult]) -> bool:
+        """Read every message a worker has sent; False when its pipe is closed."""
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                if message[0] == "report" and worker.number is not None:
+                    _, step, value = message
+                    worker.conn.send(("decision", step, bool(on_report(worker.number, step, value))))
+                elif message[0] == "result":
+                    results.append(TrialResult.model_validate_json(message[1]))
+                    worker.number = None
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _replace(self, index: int, worker: _Worker) -> list[TrialResult]:
+        """A worker died: fail the trial it held and start a fresh worker in its place."""
+        worker.proc.join(timeout=5)
+        worker.conn.close()
+        self._workers[index] = self._spawn()
+        if worker.number is None:
+            return []
+        return [
+            TrialResult(
+                number=worker.number,
+                state="fail",
+                error=f"worker process died with exit code {worker.proc.exitcode} while running the trial",
+            )
+        ]
+
+    def close(self) -> None:
+        self._pending.clear()
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError, BrokenPipeError):
+                pass
+        for worker in self._workers:
+            worker.proc.join(timeout=5)
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join(timeout=5)
+            worker.conn.close()
+        self._workers.clear()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0

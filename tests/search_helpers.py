@@ -1,0 +1,29 @@
+"""Trial functions for executor tests; module-level so spawned workers can import them."""
+
+import os
+
+from embedft.trial import TrialResult, run_trial
+
+
+def die_on_first(config, report):
+    if config.number == 0:
+        os._exit(3)
+    return run_trial(config, report)
+
+
+def raise_on_first(config, report):
+    if config.number == 0:
+        raise RuntimeError("boom")
+    return run_trial(config, report)
+
+
+def fake_scores(config, report):
+    """No training: report a score per step from the learning rate; prune when told."""
+    lr = config.run.training.learning_rate
+    seen = []
+    for step in (1, 2, 3, 4):
+        value = lr * 1000 + step * 0.01
+        seen.append((step, value))
+        if report(step, value):
+            return TrialResult(number=config.number, state="pruned", value=value, intermediate=seen, train_steps=step)
+    return TrialResult(number=config.number, state="complete", value=seen[-1][1], intermediate=seen, train_steps=4)

@@ -1,0 +1,203 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedft import ConfigError, OptunaSearch, RunConfig, SearchConfig, Trainer, TrialConfig, run_trial
+from embedft.executors import InProcessExecutor, ProcessExecutor
+
+import search_helpers
+from conftest import DEMO_DATA
+
+
+def base(tiny_model_path, **training):
+    return {
+        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
+        "model": {"base_model": tiny_model_path},
+        "training": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-4, "eval_steps": 1, "progress": False, **training},
+    }
+
+
+def search_config(tiny_model_path, tmp_path, **kw):
+    cfg = {
+        "base": base(tiny_model_path),
+        "space": {
+            "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+            "training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "CoSENTLoss"]},
+            "model.dense.out_features": {"type": "categorical", "choices": [None, 8]},
+        },
+        "n_trials": 3,
+        "sampler": {"type": "random", "seed": 1},
+        "pruner": {"type": "none"},
+        "output_dir": str(tmp_path / "search"),
+    }
+    cfg.update(kw)
+    return SearchConfig.from_dict(cfg)
+
+
+def trials(output_dir):
+    return json.loads((Path(output_dir) / "trials.json").read_text())
+
+
+def test_search_completes_and_exports_a_trainable_best_config(tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = search_config(tiny_model_path, tmp_path, space={
+        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+        "data.max_train_pairs": {"type": "int", "low": 32, "high": 64, "step": 32},
+    })
+    result = OptunaSearch(cfg).run()
+    assert result.n_complete == 3 and result.n_failed == 0
+    rows = trials(cfg.output_dir)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert result.best_value == max(r["value"] for r in rows)
+    assert (Path(cfg.output_dir) / "trials.csv").read_text().count("\n") == 4
+    # The exported config trains unchanged.
+    best_cfg = RunConfig.from_file(result.best_config_path)
+    assert best_cfg.training.learning_rate == pytest.approx(result.best_params["training.learning_rate"])
+    retrained = Trainer(best_cfg.model_copy(update={"output_dir": str(tmp_path / "retrained")})).fit()
+    assert retrained.after.dev_score == pytest.approx(result.best_value, abs=1e-6)  # same seed, same data
+    # Best model kept, others removed; test metrics of best vs base.
+    assert SentenceTransformer(str(result.best_model_path), device="cpu") is not None
+    assert sorted(p.name for p in (Path(cfg.output_dir) / "trials").iterdir()) == [f"{result.best_number:04d}"]
+    assert set(result.best_test) >= {"cosine_ap", "cosine_f1"} and set(result.base_test) >= {"cosine_ap"}
+    names = {p.name for p in result.plots}
+    assert {"optimization_history.png", "intermediate_values.png", "learning_curve.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in result.plots)
+
+
+def test_pruning_stops_trials_early(tiny_model_path, tmp_path):
+    import optuna
+
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2)
+    result = OptunaSearch(cfg, pruner=optuna.pruners.ThresholdPruner(lower=1.01)).run()
+    assert result.n_pruned == 2 and result.n_complete == 0
+    rows = trials(cfg.output_dir)
+    assert all(r["last_step"] == 1 for r in rows)  # stopped at the first evaluation of 2 steps
+    assert not (Path(cfg.output_dir) / "trials").exists() or not any((Path(cfg.output_dir) / "trials").iterdir())
+
+
+def test_median_pruner_prunes_a_worse_trial(tmp_path, tiny_model_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, space={"training.learning_rate": {"type": "categorical", "choices": [0.5, 0.1]}},
+                        sampler={"type": "grid"}, pruner={"type": "median", "n_startup_trials": 1})
+    study_search = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores)
+    study = study_search.load_study()
+    for lr in (0.5, 0.1, 0.5, 0.1):
+        study.enqueue_trial({"training.learning_rate": lr})
+    result = study_search.run()
+    states = {r["param:training.learning_rate"]: r["state"] for r in trials(cfg.output_dir)}
+    rows = trials(cfg.output_dir)
+    assert rows[0]["state"] == "COMPLETE"
+    assert {r["state"] for r in rows if r["param:training.learning_rate"] == 0.1} == {"PRUNED"}
+    assert result.n_complete + result.n_pruned == 4 and states
+
+
+def test_failures_are_recorded_and_the_search_goes_on(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2)
+    result = OptunaSearch(cfg, trial_fn=search_helpers.raise_on_first).run()
+    rows = trials(cfg.output_dir)
+    assert rows[0]["state"] == "FAIL" and "RuntimeError: boom" in rows[0]["error"]
+    assert result.n_complete == 2 and result.n_failed == 1
+
+
+def test_trial_errors_and_nan_loss_become_fail(tiny_model_path, tmp_path):
+    run = RunConfig.from_dict({**base(tiny_model_path, loss="CoSENTLoss", loss_kwargs={"scale": 1.0e39}), "output_dir": str(tmp_path / "t")})
+    from embedft import DatasetBuilder
+
+    data_dir = DatasetBuilder(run.data).build().save(tmp_path / "data")
+    nan = run_trial(TrialConfig(number=0, params={}, run=run, data_dir=str(data_dir)))
+    assert nan.state == "fail" and "nan" in nan.error.lower()
+    missing = run.model_copy(update={"model": run.model.model_copy(update={"base_model": str(tmp_path / "none")})})
+    bad = run_trial(TrialConfig(number=1, params={}, run=missing, data_dir=str(data_dir)))
+    assert bad.state == "fail" and "ModelError" in bad.error and "model.base_model" in bad.error
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_storages_share_one_contract(tiny_model_path, tmp_path, storage):
+    url = None if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, storage=url)
+    first = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    assert first.n_complete == 2
+    again = OptunaSearch(cfg.model_copy(update={"n_trials": 3}), trial_fn=search_helpers.fake_scores).run()
+    assert again.n_complete == 3  # the same study continued: one more trial, not three
+    numbers = [r["number"] for r in trials(cfg.output_dir)]
+    assert numbers == [0, 1, 2]
+
+
+def test_process_workers_run_distinct_trials(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, workers=2)
+    result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    rows = trials(cfg.output_dir)
+    assert result.n_complete == 4 and sorted(r["number"] for r in rows) == [0, 1, 2, 3]
+    params = {tuple(sorted((k, str(v)) for k, v in r.items() if k.startswith("param:"))) for r in rows}
+    assert len(params) == 4
+
+
+def test_a_dying_worker_fails_only_its_trial(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, workers=2)
+    result = OptunaSearch(cfg, trial_fn=search_helpers.die_on_first).run()
+    rows = trials(cfg.output_dir)
+    assert rows[0]["state"] == "FAIL" and "died" in rows[0]["error"]
+    assert result.n_complete == 2
+
+
+def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4)
+    path = cfg.save(tmp_path / "search.yaml")
+    script = "import sys; from embedft import OptunaSearch, SearchConfig; OptunaSearch(SearchConfig.from_file(sys.argv[1])).run()"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], env=env)
+    csv_path = Path(cfg.output_dir) / "trials.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if csv_path.exists() and any(r["state"] == "COMPLETE" for r in json.loads(csv_path.read_text() or "[]")):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = OptunaSearch(SearchConfig.from_file(path)).run()
+    rows = trials(cfg.output_dir)
+    numbers = [r["number"] for r in rows]
+    assert len(numbers) == len(set(numbers))
+    assert result.n_complete + result.n_pruned == 4
+    assert "RUNNING" not in {r["state"] for r in rows}
+    assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
+
+
+@pytest.mark.parametrize(
+    "space, needle",
+    [
+        ({"training.loss": {"type": "categorical", "choices": []}}, "at least 1"),
+        ({"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-4}}, "must be <="),
+        ({"training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "TripletLoss"]}}, "does not allow"),
+        ({"training.nonsense": {"type": "int", "low": 1, "high": 2}}, "does not name a config field"),
+        ({"training.epochs": {"type": "float", "low": 0.5, "high": 2, "log": True, "step": 0.5}}, "step and log"),
+    ],
+)
+def test_invalid_spaces_are_config_errors(space, needle):
+    with pytest.raises(ConfigError) as err:
+        SearchConfig.from_dict({"space": space})
+    assert needle in str(err.value)
+
+
+def test_rss_does_not_grow_across_trials(tiny_model_path, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process()
+    rss = []
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=20, space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}},
+                        base=base(tiny_model_path), keep_best_model=False)
+    cfg.base.data.max_train_pairs = 32
+    search = OptunaSearch(cfg)
+    search.on_trial_end.append(lambda result, study: rss.append(proc.memory_info().rss))
+    result = search.run()
+    assert result.n_complete == 20
+    growth_mb = (rss[-1] - rss[4]) / 2**20
+    assert growth_mb < 120, f"RSS grew {growth_mb:.0f} MB over 15 trials: {[round(r / 2**20) for r in rss]}"
