@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=9000, help="Quora pairs in the subset (whole components)")
     parser.add_argument("--train-pairs", type=int, default=1600)
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--eval-steps", type=int, default=10)
+    parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -8,7 +8,7 @@ modal are imported only where they are used.
     'cosine_ap'
 """
 
-from embedft.config import DataConfig, DenseHead, ModelConfig, RunConfig, SplitRatios, TrainingConfig, load_config
+from embedft.config import DataConfig, DenseHead, ModalConfig, ModelConfig, RunConfig, SplitRatios, TrainingConfig, load_config
 from embedft.data import BuiltDataset, DataReport, DatasetBuilder
 from embedft.errors import (
     ConfigError,
@@ -31,6 +31,7 @@ __all__ = [
     "CategoricalParam",
     "FloatParam",
     "IntParam",
+    "ModalConfig",
     "OptunaSearch",
     "PrunerConfig",
     "SamplerConfig",

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _add_backend(p)
 
     p = sub.add_parser("evaluate", help="evaluate a model on the dev/test splits of some data")
     p.add_argument("model", help="model folder or hub id")
@@ -73,11 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: a journal file in the output dir)")
     p.add_argument("--n-trials", type=int, help="number of completed+pruned trials to reach")
     p.add_argument("--output-dir", help="override output_dir")
+    _add_backend(p)
+
+    p = sub.add_parser("pull", help="copy a folder (a trial's or a run's model) from the Modal volume")
+    p.add_argument("remote", help="path on the volume, e.g. /vol/runs/embedft/trials/0007")
+    p.add_argument("local", help="local folder to create (replaced atomically)")
+    p.add_argument("--modal-config", help="YAML/JSON file with a ModalConfig (volume name, mount)")
+    p.add_argument("--volume", help="volume name (default: embedft)")
 
     p = sub.add_parser("init", help="write a commented starting config")
     p.add_argument("path", help="where to write the config (.yaml or .json)")
     p.add_argument("--data", help="data source to put in the config")
     return parser
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "modal"], help="where training runs (modal: serverless GPUs, needs embedft[modal])")
+    p.add_argument("--modal-config", help="YAML/JSON file with a ModalConfig (gpu, timeout, max_containers, ...)")
+    p.add_argument("--gpu", help="Modal GPU type, e.g. L4, A10G, A100 (overrides the Modal config)")
+
+
+def _modal_config(args: argparse.Namespace, base=None):
+    from embedft.config import ModalConfig
+
+    cfg = load_config(args.modal_config, ModalConfig) if getattr(args, "modal_config", None) else (base or ModalConfig())
+    updates = {k: v for k, v in (("gpu", getattr(args, "gpu", None)), ("volume", getattr(args, "volume", None))) if v}
+    return cfg.model_copy(update=updates) if updates else cfg
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -114,13 +136,29 @@ def _train(cfg: RunConfig, quiet: bool) -> int:
     return 0
 
 
+def _train_remote(cfg: RunConfig, modal_cfg) -> int:
+    from embedft.modal_backend import ModalBackend
+    from embedft.results import TrainResult
+    from embedft.training import _check_output_dir
+
+    _check_output_dir(Path(cfg.output_dir).expanduser(), cfg.overwrite)  # refuse before paying for a GPU
+    backend = ModalBackend(modal_cfg)
+    print(f"training on Modal GPU {modal_cfg.gpu} (app {modal_cfg.app_name}, volume {modal_cfg.volume}, timeout {modal_cfg.timeout}s)")
+    result = backend.train(cfg, local_output=cfg.output_dir)
+    print(TrainResult.model_validate(result.train_result).summary())
+    print(f"GPU-seconds used: {result.seconds:.0f}; model pulled to {Path(cfg.output_dir) / 'model'}")
+    return 0
+
+
 def _search(args: argparse.Namespace) -> int:
     from embedft.search import OptunaSearch, SearchConfig, _Progress, format_trials
 
     cfg = load_config(args.config, SearchConfig)
-    updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir)) if v is not None}
+    updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir), ("backend", args.backend)) if v is not None}
     data = cfg.model_dump(mode="json")
     data.update(updates)
+    if args.modal_config or args.gpu:
+        data["modal"] = _modal_config(args, cfg.modal).model_dump(mode="json")
     if args.overrides:
         from embedft.config import _parse_scalar, _set_dotted, _split_assignment
 
@@ -129,11 +167,14 @@ def _search(args: argparse.Namespace) -> int:
     cfg = SearchConfig.from_dict(data)
     _Progress.enabled = not args.quiet
     search = OptunaSearch(cfg)
-    print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials, {cfg.workers} worker(s)")
+    where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.backend == "modal" else f"{cfg.workers} local worker(s)"
+    print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials on {where}")
     result = search.run()
     print()
     print(format_trials(json.loads(result.trials_json.read_text(encoding="utf-8")), best=result.best_number))
     print(f"trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; train time {result.train_seconds:.1f}s")
+    if result.gpu_seconds is not None:
+        print(f"GPU-seconds used: {result.gpu_seconds:.0f} ({cfg.modal.gpu})")
     if result.best_number is None:
         print("no trial completed")
         return 1
@@ -165,13 +206,22 @@ def _run(args: argparse.Namespace) -> int:
             updates["output_dir"] = args.output_dir
         if args.overwrite:
             updates["overwrite"] = True
-        return _train(cfg.with_overrides(updates) if updates else cfg, args.quiet)
+        cfg = cfg.with_overrides(updates) if updates else cfg
+        if args.backend == "modal":
+            return _train_remote(cfg, _modal_config(args))
+        return _train(cfg, args.quiet)
     if args.command == "demo":
         cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
         print(f"embedft demo: fine-tuning {cfg.model.base_model} on the shipped duplicate-question sample -> {cfg.output_dir}")
         return _train(cfg, args.quiet)
     if args.command == "search":
         return _search(args)
+    if args.command == "pull":
+        from embedft.modal_backend import ModalBackend
+
+        path = ModalBackend(_modal_config(args)).pull(args.remote, args.local)
+        print(f"pulled {args.remote} -> {path}")
+        return 0
     if args.command == "init":
         cfg = RunConfig()
         if args.data:

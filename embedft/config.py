@@ -31,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "TrainingConfig",
     "RunConfig",
+    "ModalConfig",
     "load_config",
     "DEFAULT_BASE_MODEL",
 ]
@@ -135,6 +136,43 @@ class TrainingConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     eval_batch_size: int = Field(64, gt=0)
     progress: bool = True
+
+
+class ModalConfig(_Section):
+    """Where and how trials run on Modal (used when ``backend: modal``); needs ``embedft[modal]``.
+
+    ``gpu`` is one Modal GPU type or a fallback list tried in order (``["L4", "A10G"]``).
+    ``timeout`` bounds one trial in seconds (a trial past it is recorded as failed);
+    ``retries`` re-runs a trial lost to preemption or an infrastructure error.
+    Model weights and the hub cache live on the ``volume`` (downloaded once, shared by
+    all containers); ``secrets`` names Modal secrets to mount (e.g. a Hugging Face token).
+    """
+
+    app_name: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    gpu: str | list[str] = "L4"
+    timeout: int = Field(3600, gt=0, le=86400)
+    max_containers: int = Field(8, ge=1, le=1000)
+    retries: int = Field(2, ge=0, le=10)
+    volume: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    mount: str = "/vol"
+    python_version: str | None = Field(None, pattern=r"^3\.\d+$")
+    secrets: list[str] = Field(default_factory=list)
+    pip: list[str] = Field(default_factory=list)
+    poll_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_given(cls, value: str | list[str]) -> str | list[str]:
+        if not value or (isinstance(value, list) and not all(value)):
+            raise ValueError("gpu must name a Modal GPU type (e.g. 'L4') or a non-empty fallback list")
+        return value
+
+    @field_validator("mount")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"mount must be an absolute path inside the container, found {value!r}")
+        return value.rstrip("/") or "/"
 
 
 class RunConfig(_Section):

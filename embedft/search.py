@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from embedft.config import RunConfig, _validate, load_config
+from embedft.config import ModalConfig, RunConfig, _validate, load_config
 from embedft.errors import ConfigError, EmbedftError
 from embedft.tasks import get_task
 from embedft.trial import TrialConfig, TrialResult
@@ -166,6 +166,8 @@ class SearchConfig(_Strict):
     study_name: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     workers: int = Field(1, ge=1)
     executor: Literal["auto", "inprocess", "process"] = "auto"
+    backend: Literal["local", "modal"] = "local"
+    modal: ModalConfig = Field(default_factory=ModalConfig)
     output_dir: str = "runs/search"
     keep_best_model: bool = True
     retrain_best: bool = False
@@ -249,6 +251,7 @@ class SearchResult(BaseModel):
     best_test: dict[str, float] = {}
     base_test: dict[str, float] = {}
     train_seconds: float = 0.0
+    gpu_seconds: float | None = None
     trials_csv: Path
     trials_json: Path
     plots: list[Path] = []
@@ -263,9 +266,11 @@ class OptunaSearch:
         executor: an executor object; by default in-process for one worker, else local processes.
         sampler, pruner: Optuna objects that replace the configured ones.
         trial_fn: the trial function executors run (``run_trial``).
+        remote: a :class:`~embedft.modal_backend.ModalBackend` to use for ``backend: modal``
+            (by default one is built from ``config.modal``).
     """
 
-    def __init__(self, config: SearchConfig | dict[str, Any], *, executor=None, sampler=None, pruner=None, trial_fn: Callable | None = None) -> None:
+    def __init__(self, config: SearchConfig | dict[str, Any], *, executor=None, sampler=None, pruner=None, trial_fn: Callable | None = None, remote=None) -> None:
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(config)
         self.task = get_task(self.config.base.task)
         self.output_dir = Path(self.config.output_dir).expanduser()
@@ -273,6 +278,9 @@ class OptunaSearch:
         self._sampler = sampler
         self._pruner = pruner
         self._trial_fn = trial_fn
+        self._remote = remote
+        self._remote_data: str | None = None
+        self._remote_best: int | None = None
         self.on_trial_end: list[Callable[[TrialResult, Any], None]] = []
 
     # ------------------------------------------------------------------ setup
@@ -319,6 +327,8 @@ class OptunaSearch:
 
         if self._executor is not None:
             return self._executor
+        if self.config.backend == "modal":
+            return self._remote.executor()
         fn = self._trial_fn or run_trial
         kind = self.config.executor
         if kind == "auto":
@@ -351,11 +361,15 @@ class OptunaSearch:
         from optuna.trial import TrialState
 
         cfg = self.config
+        if cfg.backend == "modal" and self._remote is None:
+            import embedft.modal_backend  # noqa: F401  (fails now, naming the install command, when modal is absent)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(self.output_dir / "search.yaml")
         study = self.load_study()
         self._recover_interrupted(study)
         data_dir = self._build_data()
+        if cfg.backend == "modal":
+            self._connect_remote(study, data_dir)
 
         executor = self._make_executor()
         running: dict[int, optuna.trial.Trial] = {}
@@ -367,11 +381,16 @@ class OptunaSearch:
         def finished() -> int:
             return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
+        reported: dict[int, set[int]] = {}
+
         def on_report(number: int, step: int, value: float) -> bool:
             trial = running.get(number)
             if trial is None:
                 return False
-            trial.report(value, step)
+            steps = reported.setdefault(number, set())
+            if step not in steps:  # a retried remote attempt reports its steps again: the first value stands
+                steps.add(step)
+                trial.report(value, step)
             return bool(trial.should_prune())
 
         progress.update(finished(), self._best(study))
@@ -407,14 +426,33 @@ class OptunaSearch:
         finally:
             executor.close()
             progress.close()
-        return self._finish(study, data_dir)
+        gpu_seconds = getattr(executor, "gpu_seconds", None)
+        if gpu_seconds is not None:
+            logger.info("GPU-seconds used in this run: %.0f (%s, up to %d containers)", gpu_seconds, cfg.modal.gpu, cfg.modal.max_containers)
+        return self._finish(study, data_dir, gpu_seconds)
+
+    def _connect_remote(self, study, data_dir: Path) -> None:
+        """Build the Modal backend (unless given) and upload the splits once."""
+        if self._remote is None:
+            from embedft.modal_backend import ModalBackend
+
+            self._remote = ModalBackend(self.config.modal)
+        self._remote_data = self._remote.upload_data(data_dir, data_dir.name)
+        best = self._best(study)
+        self._remote_best = best[0] if best else None
+
+    def _remote_trial_dir(self, number: int) -> str:
+        return self._remote.remote_path("runs", self.config.study_name, "trials", f"{number:04d}")
 
     def _trial_config(self, number: int, params: dict[str, Any], data_dir: Path) -> TrialConfig:
         run = resolve_params(self.config.base, params)
-        trial_dir = self.output_dir / "trials" / f"{number:04d}"
-        run = run.model_copy(update={"output_dir": str(trial_dir), "overwrite": True})
+        if self.config.backend == "modal":
+            trial_dir, data = self._remote_trial_dir(number), self._remote_data
+        else:
+            trial_dir, data = str(self.output_dir / "trials" / f"{number:04d}"), str(data_dir)
+        run = run.model_copy(update={"output_dir": trial_dir, "overwrite": True})
         run.training.progress = False
-        return TrialConfig(number=number, params=params, run=run, data_dir=str(data_dir))
+        return TrialConfig(number=number, params=params, run=run, data_dir=data)
 
     def _recover_interrupted(self, study) -> None:
         """Trials left RUNNING by a driver that died are marked failed and queued again."""
@@ -466,7 +504,15 @@ class OptunaSearch:
             self._drop_trial_dir(result.number)
 
     def _keep_best_model(self, study, result: TrialResult) -> None:
-        """Keep only the best trial's model on disk."""
+        """Keep only the best trial's model on disk (on the Volume for remote trials)."""
+        if self.config.backend == "modal":
+            best = study.best_trial.number if self.config.keep_best_model else None
+            if best != result.number:
+                self._remote.remove(self._remote_trial_dir(result.number))
+            elif self._remote_best is not None and self._remote_best != best:
+                self._remote.remove(self._remote_trial_dir(self._remote_best))
+            self._remote_best = best if best is not None else self._remote_best
+            return
         if not self.config.keep_best_model:
             self._drop_trial_dir(result.number)
             return
@@ -483,6 +529,9 @@ class OptunaSearch:
         return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
     def _drop_trial_dir(self, number: int) -> None:
+        if self.config.backend == "modal":
+            self._remote.remove(self._remote_trial_dir(number))
+            return
         shutil.rmtree(self.output_dir / "trials" / f"{number:04d}", ignore_errors=True)
 
     @staticmethod
@@ -522,7 +571,7 @@ class OptunaSearch:
         os.replace(tmp_json, json_path)
         return csv_path, json_path
 
-    def _finish(self, study, data_dir: Path) -> SearchResult:
+    def _finish(self, study, data_dir: Path, gpu_seconds: float | None = None) -> SearchResult:
         from optuna.trial import TrialState
 
         csv_path, json_path = self._write_tables(study)
@@ -539,6 +588,7 @@ class OptunaSearch:
             trials_json=json_path,
             output_dir=self.output_dir,
             train_seconds=sum(float(t.user_attrs.get("train_seconds") or 0.0) for t in study.get_trials(deepcopy=False)),
+            gpu_seconds=gpu_seconds,
         )
         best = self._best(study)
         if best is not None:
@@ -563,6 +613,11 @@ class OptunaSearch:
             res = Trainer(run, data=built).fit()
             return res.model_path, res.after.test, (res.before.test if res.before else {})
         kept = self.output_dir / "trials" / f"{best_trial.number:04d}" / "model"
+        if self.config.backend == "modal" and self.config.keep_best_model and not kept.is_dir():
+            try:  # the best model lives on the Volume: pull it next to the study
+                self._remote.pull(self._remote_trial_dir(best_trial.number), kept.parent)
+            except Exception as exc:
+                logger.warning("could not pull the best model from the volume: %s", exc)
         best_dir = self.output_dir / "best"
         if kept.is_dir():
             if best_dir.exists():

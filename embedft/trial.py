@@ -34,6 +34,8 @@ class TrialConfig(BaseModel):
     params: dict[str, object]
     run: RunConfig
     data_dir: str
+    baseline: bool = False  # also measure the base model (a single training run, not a search trial)
+    evaluate_test: bool = False  # search trials never look at test
 
 
 class TrialResult(BaseModel):
@@ -51,6 +53,7 @@ class TrialResult(BaseModel):
     train_seconds: float = 0.0
     train_steps: int = 0
     model_path: str | None = None
+    train_result: dict | None = None  # the full TrainResult (JSON) when baseline or test was asked for
 
 
 class _Pruned(Exception):
@@ -78,7 +81,7 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
     try:
         trainer = Trainer(config.run.model_copy(update={"overwrite": True}), data=BuiltDataset.load(config.data_dir), on_evaluate=[hook])
         primary = trainer.task.primary_metric
-        result = trainer.fit(baseline=False, evaluate_test=False)
+        result = trainer.fit(baseline=config.baseline, evaluate_test=config.evaluate_test)
         return TrialResult(
             number=config.number,
             state="complete",
@@ -89,6 +92,7 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
             train_seconds=result.train_seconds,
             train_steps=result.train_steps,
             model_path=str(result.model_path),
+            train_result=result.model_dump(mode="json") if config.baseline or config.evaluate_test else None,
         )
     except _Pruned as pruned:
         return TrialResult(

@@ -1,0 +1,204 @@
+"""The Modal backend without Modal access: real App/Image/Volume/function objects built offline,
+the dispatch loop run against in-process stand-ins for the network primitives."""
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from embedft import ModalConfig, OptunaSearch, SearchConfig
+
+from test_search import search_config, trials
+
+pytest.importorskip("modal", reason="the Modal backend needs embedft[modal]")
+
+from embedft.modal_backend import ModalBackend, pinned_requirements  # noqa: E402
+from modal_standins import LocalVolume, OfflineBackend  # noqa: E402
+
+
+def test_import_works_without_modal_and_the_backend_names_the_install(tmp_path):
+    code = (
+        "import sys; sys.modules['modal'] = None\n"
+        "import embedft\n"
+        "from embedft import OptunaSearch, SearchConfig, MissingDependencyError\n"
+        "cfg = SearchConfig.from_dict({'backend': 'modal', 'output_dir': sys.argv[1]})\n"
+        "try:\n"
+        "    OptunaSearch(cfg).run()\n"
+        "except MissingDependencyError as exc:\n"
+        "    print('ERR', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'ERR modal is not installed. install it with: pip install "embedft[modal]"' in out.stdout
+    assert not (tmp_path / "s").exists()  # refused before writing anything
+
+
+def test_backend_objects_carry_the_config():
+    import modal
+
+    cfg = ModalConfig(gpu=["L4", "A10G"], timeout=900, max_containers=3, retries=2, volume="my-vol", secrets=["huggingface"], pip=["einops==0.8.1"], python_version="3.11")
+    backend = ModalBackend(cfg)
+    opts = backend.function_options
+    assert opts["gpu"] == ["L4", "A10G"] and opts["timeout"] == 900 and opts["max_containers"] == 3
+    assert isinstance(opts["retries"], modal.Retries)
+    assert list(opts["volumes"]) == ["/vol"] and isinstance(opts["volumes"]["/vol"], modal.Volume)
+    assert len(opts["secrets"]) == 1 and isinstance(opts["secrets"][0], modal.Secret)
+    assert isinstance(backend.app, modal.App) and backend.app.name == "embedft"
+    assert isinstance(backend.trial_function, modal.Function)
+    spec = backend.trial_function._spec_  # what Modal itself recorded for the function
+    assert spec.gpus == ["L4", "A10G"] and list(spec.volumes) == ["/vol"] and len(spec.secrets) == 1
+    # The image pins what is installed here (without +cpu, so the GPU image gets a CUDA torch).
+    torch_version = metadata.version("torch").split("+")[0]
+    assert f"torch=={torch_version}" in backend.requirements
+    assert f"sentence-transformers=={metadata.version('sentence-transformers')}" in backend.requirements
+    assert backend.requirements[-1] == "einops==0.8.1"
+    assert all("+" not in r for r in backend.requirements)
+    assert ModalBackend(ModalConfig(retries=0)).function_options["retries"] is None
+
+
+def test_modal_config_errors_name_the_field():
+    with pytest.raises(Exception, match="mount"):
+        SearchConfig.from_dict({"modal": {"mount": "vol"}})
+    with pytest.raises(Exception, match="modal.max_containers"):
+        SearchConfig.from_dict({"modal": {"max_containers": 0}})
+    with pytest.raises(Exception, match="modal.gpuu"):
+        SearchConfig.from_dict({"modal": {"gpuu": "L4"}})
+
+
+def remote(tmp_path, **kw):
+    mount = tmp_path / "vol"
+    return OfflineBackend(ModalConfig(mount=str(mount), max_containers=kw.pop("max_containers", 1), poll_seconds=0.01), LocalVolume(mount), **kw)
+
+
+def modal_search(tiny_model_path, tmp_path, **kw):
+    return search_config(tiny_model_path, tmp_path, backend="modal", **kw)
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "process", "modal"])
+def test_every_executor_gives_the_same_trials(tiny_model_path, tmp_path, executor):
+    # The in-process run is the reference: same seeded sampler, same data, same seeds -> same results.
+    ref = OptunaSearch(search_config(tiny_model_path, tmp_path / "ref", n_trials=2)).run()
+    ref_rows = trials(ref.output_dir)
+    if executor == "modal":
+        result = OptunaSearch(modal_search(tiny_model_path, tmp_path / "x", n_trials=2), remote=remote(tmp_path)).run()
+    else:
+        result = OptunaSearch(search_config(tiny_model_path, tmp_path / "x", n_trials=2, executor=executor)).run()
+    rows = trials(result.output_dir)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for a, b in zip(ref_rows, rows, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("param:")} == {k: v for k, v in b.items() if k.startswith("param:")}
+        assert b["value"] == pytest.approx(a["value"], abs=1e-5)
+    assert result.best_test["cosine_ap"] == pytest.approx(ref.best_test["cosine_ap"], abs=1e-5)
+    assert (Path(result.output_dir) / "best" / "model" / "modules.json").is_file()
+
+
+def test_remote_search_uploads_once_keeps_only_the_best_on_the_volume(tiny_model_path, tmp_path):
+    backend = remote(tmp_path, max_containers=2)
+    cfg = modal_search(tiny_model_path, tmp_path, n_trials=3)
+    result = OptunaSearch(cfg, remote=backend).run()
+    assert result.n_complete == 3 and result.n_failed == 0 and result.gpu_seconds > 0
+    assert max(len(c) for c in backend.in_flight) == 2  # the driver kept two calls out at once
+    assert len(backend.volume.uploads) == 1 and backend.volume.uploads[0].startswith("/data/")
+    kept = sorted(p.name for p in (tmp_path / "vol" / "runs" / "embedft" / "trials").iterdir())
+    assert kept == [f"{result.best_number:04d}"]
+    assert backend.volume.commits == 3 and backend.volume.reloads == 3
+    # A second search on the same data does not upload again.
+    again = remote(tmp_path)
+    OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=4), remote=again).run()
+    assert again.volume.uploads == []
+
+
+def test_pruning_stops_a_remote_trial(tiny_model_path, tmp_path):
+    import optuna
+
+    backend = remote(tmp_path)
+    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), remote=backend, pruner=optuna.pruners.ThresholdPruner(lower=1.01)).run()
+    assert result.n_pruned == 2
+    assert all(r["last_step"] == 1 and r["train_steps"] == 1 for r in trials(result.output_dir))  # of 2 steps
+    assert backend.reports.puts == 2
+    assert [v for k, v in backend.decisions._d.items() if k.startswith("0:1:")] == [True]
+
+
+def test_remote_exceptions_and_timeouts_become_fail(tiny_model_path, tmp_path):
+    backend = remote(tmp_path, fail_calls={0})
+    cfg = modal_search(tiny_model_path, tmp_path, n_trials=2)
+    cfg.base.model.base_model = str(tmp_path / "no-such-model")  # every trial raises inside the function
+    cfg = SearchConfig.from_dict({**cfg.model_dump(mode="json"), "max_failures": 2})
+    result = OptunaSearch(cfg, remote=backend).run()
+    rows = trials(result.output_dir)
+    assert rows[0]["state"] == "FAIL" and "remote trial failed: TimeoutError_: Function timeout" in rows[0]["error"]
+    assert rows[1]["state"] == "FAIL" and "ModelError" in rows[1]["error"]
+    assert result.n_complete == 0 and result.n_failed == 3
+
+
+def test_a_retried_preemption_loses_nothing(tiny_model_path, tmp_path):
+    backend = remote(tmp_path, preempt={0})
+    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), remote=backend).run()
+    assert result.n_complete == 2 and result.n_failed == 0
+    assert backend.calls[0].attempts == 2 and backend.calls[1].attempts == 1
+    # The lost attempt's report was answered under its own key; the retry got fresh answers.
+    assert "0:1:lost" in backend.decisions._d and sum(k.startswith("0:1:") for k in backend.decisions._d) == 2
+    assert [r["number"] for r in trials(result.output_dir)] == [0, 1]
+
+
+def test_pull_copies_a_folder_atomically(tmp_path):
+    volume = LocalVolume(tmp_path / "vol")
+    (tmp_path / "vol" / "runs" / "a" / "model").mkdir(parents=True)
+    (tmp_path / "vol" / "runs" / "a" / "model" / "weights.bin").write_bytes(b"x" * 200_000)
+    (tmp_path / "vol" / "runs" / "a" / "metrics.json").write_text("{}")
+    backend = ModalBackend(ModalConfig(mount="/vol"), volume=volume)
+    out = backend.pull("/vol/runs/a", tmp_path / "local" / "a")
+    assert (out / "model" / "weights.bin").stat().st_size == 200_000 and (out / "metrics.json").read_text() == "{}"
+    from embedft.modal_backend import RemoteTrialError
+
+    with pytest.raises(RemoteTrialError, match="nothing to pull"):
+        backend.pull("/vol/runs/missing", tmp_path / "local" / "b")
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["a"]  # no half-written folder
+
+
+def test_remote_training_run(tiny_model_path, tmp_path):
+    from embedft import RunConfig, TrainResult
+
+    from test_search import base
+
+    run = RunConfig.from_dict({**base(tiny_model_path), "output_dir": str(tmp_path / "local-run")})
+    result = remote(tmp_path).train(run, local_output=tmp_path / "local-run")
+    train = TrainResult.model_validate(result.train_result)
+    assert train.before is not None and "cosine_ap" in train.after.test
+    assert (tmp_path / "local-run" / "model" / "modules.json").is_file()
+    assert json.loads((tmp_path / "local-run" / "metrics.json").read_text())
+
+
+def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import embedft.modal_backend as mb
+    from embedft.cli import main
+
+    from test_cli import write_config
+
+    made = []
+
+    def offline(config):
+        backend = OfflineBackend(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"))
+        made.append(backend)
+        return backend
+
+    monkeypatch.setattr(mb, "ModalBackend", offline)
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_path, tmp_path / "out")
+    assert main(["-q", "train", str(cfg), "--backend", "modal", "--gpu", "A10G"]) == 0
+    out = capsys.readouterr().out
+    assert "training on Modal GPU A10G" in out and "cosine_ap" in out and "GPU-seconds used" in out
+    assert made[0].config.gpu == "A10G"
+    assert (tmp_path / "out" / "model" / "modules.json").is_file()
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["output_dir"] == str(tmp_path / "out")
+    # The run folder on the volume can be pulled again by path.
+    (remote,) = (tmp_path / "vol" / "runs" / "train").iterdir()
+    assert main(["-q", "pull", str(remote), str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "model" / "modules.json").is_file()
+    # An existing output folder is refused before any GPU is asked for.
+    assert main(["-q", "train", str(cfg), "--backend", "modal"]) == 2
+    assert len(made) == 2  # the pull made one; the refused run made none
