@@ -159,6 +159,7 @@ class ModalConfig(_Section):
     secrets: list[str] = Field(default_factory=list)
     pip: list[str] = Field(default_factory=list)
     poll_seconds: float = Field(1.0, gt=0)
+    scaledown_window: int = Field(30, ge=2, le=3600)  # seconds an idle container stays warm (and billed)
 
     @field_validator("gpu")
     @classmethod

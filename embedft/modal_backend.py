@@ -203,6 +203,7 @@ class ModalBackend:
             "timeout": cfg.timeout,
             "retries": modal.Retries(max_retries=cfg.retries, initial_delay=5.0, backoff_coefficient=2.0) if cfg.retries else None,
             "max_containers": cfg.max_containers,
+            "scaledown_window": cfg.scaledown_window,
             "volumes": {cfg.mount: self.modal_volume},
             "secrets": [modal.Secret.from_name(name) for name in cfg.secrets],
             "serialized": True,

@@ -202,11 +202,15 @@ class SearchConfig(_Strict):
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         return _validate(cls, data, "search config")
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, redact: bool = False) -> Path:
+        """Write the config as YAML; ``redact`` masks a password in the storage URL (run-folder copies)."""
         import yaml
 
+        data = self.model_dump(mode="json")
+        if redact and data.get("storage"):
+            data["storage"] = _redact(data["storage"])
         path = Path(path)
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
 
@@ -352,7 +356,7 @@ class OptunaSearch:
                 load_if_exists=True,
             )
         except ValueError as exc:
-            raise ConfigError(f"cannot open the study: {exc}", field="storage", expected="a study with the same direction", found=self.config.storage or "journal") from None
+            raise ConfigError(f"cannot open the study: {exc}", field="storage", expected="a study with the same direction", found=_redact(self.config.storage) if self.config.storage else "journal") from None
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
@@ -364,7 +368,7 @@ class OptunaSearch:
         if cfg.backend == "modal" and self._remote is None:
             import embedft.modal_backend  # noqa: F401  (fails now, naming the install command, when modal is absent)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(self.output_dir / "search.yaml")
+        cfg.save(self.output_dir / "search.yaml", redact=True)
         study = self.load_study()
         self._recover_interrupted(study)
         data_dir = self._build_data()

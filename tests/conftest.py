@@ -110,3 +110,61 @@ def train_kwargs(tiny_model_path, tmp_path) -> dict:
         cache=False,
         max_train_pairs=96,
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback for the session (Debian's package).
+
+    Skipped when no server can be started, except under ``EMBEDFT_REQUIRE_POSTGRES=1``
+    (set by CI), where that is a failure.
+    """
+    import glob
+    import shutil
+    import subprocess
+
+    def unavailable(reason: str):
+        if os.environ.get("EMBEDFT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here but {reason}")
+        pytest.skip(f"no PostgreSQL server: {reason}")
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = bins[-1] if bins else shutil.which("initdb")
+    if not initdb:
+        unavailable("initdb not found (apt-get install postgresql)")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    import tempfile
+
+    # Not under pytest's tmp folder: that one is private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="embedft-pg-"))
+    data = root / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if not shutil.which("runuser"):
+            unavailable("running as root without runuser")
+        shutil.chown(root, "postgres")
+        os.chmod(root, 0o700)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    try:
+        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+            check=True, capture_output=True, timeout=120,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        unavailable(f"could not start one: {exc}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)

@@ -41,6 +41,18 @@ def search_config(tiny_model_path, tmp_path, **kw):
     return SearchConfig.from_dict(cfg)
 
 
+def fresh_database(server_url: str, name: str) -> str:
+    import re
+
+    import psycopg
+
+    db = re.sub(r"[^a-z0-9_]", "_", name.lower())[:50]
+    with psycopg.connect(server_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db}")
+        conn.execute(f"CREATE DATABASE {db}")
+    return server_url.rsplit("/", 1)[0] + f"/{db}"
+
+
 def trials(output_dir):
     return json.loads((Path(output_dir) / "trials.json").read_text())
 
@@ -119,9 +131,30 @@ def test_trial_errors_and_nan_loss_become_fail(tiny_model_path, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("storage", ["journal", "sqlite"])
-def test_storages_share_one_contract(tiny_model_path, tmp_path, storage):
-    url = None if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+CANARY = "canary-pw-7f3a"
+
+
+@pytest.fixture(params=["journal", "sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """Every storage the contract runs on: the journal default, sqlite and PostgreSQL."""
+    if request.param == "journal":
+        return None
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    # A fresh database per test on the session's server; trust auth ignores the password,
+    # which is there to prove it never reaches a file.
+    url = fresh_database(request.getfixturevalue("postgres_url"), tmp_path.name)
+    return url.replace("postgres@", f"postgres:{CANARY}@")
+
+
+def assert_no_canary(output_dir):
+    for path in Path(output_dir).rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".json", ".csv", ".journal", ".txt"}:
+            assert CANARY not in path.read_text(errors="replace"), path
+
+
+def test_storages_share_one_contract(tiny_model_path, tmp_path, storage_url):
+    url = storage_url
     cfg = search_config(tiny_model_path, tmp_path, n_trials=2, storage=url)
     first = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
     assert first.n_complete == 2
@@ -129,10 +162,11 @@ def test_storages_share_one_contract(tiny_model_path, tmp_path, storage):
     assert again.n_complete == 3  # the same study continued: one more trial, not three
     numbers = [r["number"] for r in trials(cfg.output_dir)]
     assert numbers == [0, 1, 2]
+    assert_no_canary(cfg.output_dir)
 
 
-def test_process_workers_run_distinct_trials(tiny_model_path, tmp_path):
-    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, workers=2)
+def test_process_workers_run_distinct_trials(tiny_model_path, tmp_path, storage_url):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, workers=2, storage=storage_url)
     result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
     rows = trials(cfg.output_dir)
     assert result.n_complete == 4 and sorted(r["number"] for r in rows) == [0, 1, 2, 3]
@@ -148,8 +182,8 @@ def test_a_dying_worker_fails_only_its_trial(tiny_model_path, tmp_path):
     assert result.n_complete == 2
 
 
-def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path):
-    cfg = search_config(tiny_model_path, tmp_path, n_trials=4)
+def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path, storage_url):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, storage=storage_url)
     path = cfg.save(tmp_path / "search.yaml")
     script = "import sys; from embedft import OptunaSearch, SearchConfig; OptunaSearch(SearchConfig.from_file(sys.argv[1])).run()"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -170,6 +204,7 @@ def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path):
     assert result.n_complete + result.n_pruned == 4
     assert "RUNNING" not in {r["state"] for r in rows}
     assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
+    assert_no_canary(cfg.output_dir)
 
 
 @pytest.mark.parametrize(

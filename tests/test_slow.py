@@ -50,3 +50,31 @@ def test_demo_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "leakage check (texts shared between splits) OK" in out and "fine-tuned" in out
     assert (tmp_path / "demo" / "model" / "modules.json").is_file()
+
+
+def test_small_real_search_on_quora(quora_sample, minilm_path, tmp_path):
+    from embedft import OptunaSearch, RunConfig
+
+    source = tmp_path / "quora.tsv"
+    quora_sample.head(1200).to_csv(source, sep="\t", index=False)
+    cfg = {
+        "base": {
+            "data": {"source": str(source), "cache": False, "max_train_pairs": 128, "splits": {"train": 0.7, "dev": 0.15, "test": 0.15}},
+            "model": {"base_model": minilm_path},
+            "training": {"epochs": 1, "batch_size": 32, "eval_steps": 2, "device": "cpu", "progress": False},
+        },
+        "space": {
+            "training.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "CoSENTLoss"]},
+        },
+        "n_trials": 2,
+        "sampler": {"type": "random", "seed": 0},
+        "output_dir": str(tmp_path / "search"),
+    }
+    result = OptunaSearch(cfg).run()
+    assert result.n_complete + result.n_pruned == 2 and result.n_failed == 0
+    assert 0.6 < result.best_value < 1.0 and 0.6 < result.base_test["cosine_ap"] < 1.0
+    assert abs(result.best_test["cosine_ap"] - result.base_test["cosine_ap"]) < 0.1  # 128 pairs move MiniLM a little
+    best = RunConfig.from_file(result.best_config_path)
+    assert best.model.base_model == minilm_path and best.data.max_train_pairs == 128
+    assert (result.output_dir / "best" / "model" / "modules.json").is_file()
