@@ -403,6 +403,10 @@ class OptunaSearch:
                 timed_out = cfg.timeout is not None and time.monotonic() - started >= cfg.timeout
                 if failures > max_failures:
                     logger.error("stopping: %d trials failed (max_failures=%d)", failures, max_failures)
+                    self._cancel(study, running, f"cancelled: the search stopped after {failures} failed trials")
+                    break
+                if timed_out and running:  # the budget is spent: stop the trials still running
+                    self._cancel(study, running, f"cancelled: the search timeout ({cfg.timeout:g}s) was reached")
                     break
                 while not timed_out and len(running) < executor.max_parallel and finished() + len(running) < cfg.n_trials:
                     trial = study.ask()
@@ -434,6 +438,17 @@ class OptunaSearch:
         if gpu_seconds is not None:
             logger.info("GPU-seconds used in this run: %.0f (%s, up to %d containers)", gpu_seconds, cfg.modal.gpu, cfg.modal.max_containers)
         return self._finish(study, data_dir, gpu_seconds)
+
+    @staticmethod
+    def _cancel(study, running: dict, reason: str) -> None:
+        """Record trials still running as failed with ``reason``; closing the executor then stops them."""
+        from optuna.trial import TrialState
+
+        for number, trial in list(running.items()):
+            trial.set_user_attr("error", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            logger.warning("trial %d %s", number, reason)
+        running.clear()
 
     def _connect_remote(self, study, data_dir: Path) -> None:
         """Build the Modal backend (unless given) and upload the splits once."""

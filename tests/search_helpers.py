@@ -27,3 +27,14 @@ def fake_scores(config, report):
         if report(step, value):
             return TrialResult(number=config.number, state="pruned", value=value, intermediate=seen, train_steps=step)
     return TrialResult(number=config.number, state="complete", value=seen[-1][1], intermediate=seen, train_steps=4)
+
+
+def slow(config, report):
+    """A trial that would run for a minute, reporting every 0.1 s."""
+    import time
+
+    for step in range(600):
+        time.sleep(0.1)
+        if report(step + 1, 0.5):
+            break
+    return TrialResult(number=config.number, state="complete", value=0.5, train_steps=600)

@@ -182,6 +182,16 @@ def test_a_dying_worker_fails_only_its_trial(tiny_model_path, tmp_path):
     assert result.n_complete == 2
 
 
+def test_timeout_cancels_running_trials(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, workers=2, timeout=3)
+    t0 = time.monotonic()
+    result = OptunaSearch(cfg, trial_fn=search_helpers.slow).run()
+    assert time.monotonic() - t0 < 45  # two trials of a minute each were stopped, not waited for
+    rows = trials(cfg.output_dir)
+    assert [r["state"] for r in rows] == ["FAIL", "FAIL"] and result.n_failed == 2
+    assert all("search timeout (3s)" in r["error"] for r in rows)
+
+
 def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path, storage_url):
     cfg = search_config(tiny_model_path, tmp_path, n_trials=4, storage=storage_url)
     path = cfg.save(tmp_path / "search.yaml")
