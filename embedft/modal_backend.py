@@ -216,18 +216,33 @@ class ModalBackend:
         """A path inside the container (under the mount)."""
         return "/".join([self.config.mount.rstrip("/"), *parts])
 
-    def upload_data(self, local_dir: str | Path, fingerprint: str) -> str:
-        """Upload built splits once per fingerprint; returns their path inside the container."""
-        rel = f"/data/{fingerprint}"
+    def _upload_once(self, local_dir: str | Path, rel: str, marker: str) -> None:
         try:
             present = {Path(e.path).name for e in self.volume.listdir(rel)}
         except Exception:  # NotFoundError: not uploaded yet
             present = set()
-        if "report.json" not in present:
-            logger.info("uploading splits %s to volume %s", fingerprint, self.config.volume)
+        if marker not in present:
+            logger.info("uploading %s to volume %s:%s", local_dir, self.config.volume, rel)
             with self.volume.batch_upload(force=True) as batch:
                 batch.put_directory(str(local_dir), rel)
+
+    def upload_data(self, local_dir: str | Path, fingerprint: str) -> str:
+        """Upload built splits once per fingerprint; returns their path inside the container."""
+        self._upload_once(local_dir, f"/data/{fingerprint}", "report.json")
         return self.remote_path("data", fingerprint)
+
+    def upload_model(self, local_dir: str | Path) -> str:
+        """Upload a local model folder once (keyed by its files' names, sizes and times); returns its container path."""
+        import hashlib
+
+        local_dir = Path(local_dir).resolve()
+        digest = hashlib.sha256(str(local_dir).encode())
+        for f in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            st = f.stat()
+            digest.update(f"{f.relative_to(local_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        key = f"{local_dir.name}-{digest.hexdigest()[:12]}"
+        self._upload_once(local_dir, f"/models/{key}", "modules.json" if (local_dir / "modules.json").is_file() else "config.json")
+        return self.remote_path("models", key)
 
     def pull(self, remote: str, local: str | Path) -> Path:
         """Copy a folder from the Volume (a path inside the container or relative to it) to ``local``, atomically."""
@@ -298,6 +313,8 @@ class ModalBackend:
         name = f"{Path(run.output_dir).name}-{uuid.uuid4().hex[:8]}"
         remote_out = self.remote_path("runs", "train", name)
         remote_run = run.model_copy(update={"output_dir": remote_out, "overwrite": True})
+        if Path(run.model.base_model).expanduser().is_dir():  # a local model: the container needs a copy
+            remote_run.model = run.model.model_copy(update={"base_model": self.upload_model(Path(run.model.base_model).expanduser())})
         config = TrialConfig(number=0, params={}, run=remote_run, data_dir=data_dir, baseline=True, evaluate_test=True)
         executor = self.executor()
         try:

@@ -285,6 +285,7 @@ class OptunaSearch:
         self._remote = remote
         self._remote_data: str | None = None
         self._remote_best: int | None = None
+        self._remote_models: dict[str, str] = {}
         self.on_trial_end: list[Callable[[TrialResult, Any], None]] = []
 
     # ------------------------------------------------------------------ setup
@@ -457,6 +458,12 @@ class OptunaSearch:
 
             self._remote = ModalBackend(self.config.modal)
         self._remote_data = self._remote.upload_data(data_dir, data_dir.name)
+        # Containers cannot see local folders: local base models go to the volume once.
+        models = {self.config.base.model.base_model}
+        param = self.config.space.get("model.base_model")
+        if isinstance(param, CategoricalParam):
+            models |= {c for c in param.choices if isinstance(c, str)}
+        self._remote_models = {m: self._remote.upload_model(m) for m in sorted(models) if Path(m).expanduser().is_dir()}
         best = self._best(study)
         self._remote_best = best[0] if best else None
 
@@ -467,6 +474,8 @@ class OptunaSearch:
         run = resolve_params(self.config.base, params)
         if self.config.backend == "modal":
             trial_dir, data = self._remote_trial_dir(number), self._remote_data
+            if run.model.base_model in self._remote_models:
+                run = run.model_copy(update={"model": run.model.model_copy(update={"base_model": self._remote_models[run.model.base_model]})})
         else:
             trial_dir, data = str(self.output_dir / "trials" / f"{number:04d}"), str(data_dir)
         run = run.model_copy(update={"output_dir": trial_dir, "overwrite": True})

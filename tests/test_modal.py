@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
 
 from embedft import ModalConfig, OptunaSearch, SearchConfig
 
@@ -101,7 +102,12 @@ def test_remote_search_uploads_once_keeps_only_the_best_on_the_volume(tiny_model
     result = OptunaSearch(cfg, remote=backend).run()
     assert result.n_complete == 3 and result.n_failed == 0 and result.gpu_seconds > 0
     assert max(len(c) for c in backend.in_flight) == 2  # the driver kept two calls out at once
-    assert len(backend.volume.uploads) == 1 and backend.volume.uploads[0].startswith("/data/")
+    # The splits and the local base model went to the volume once each; trials loaded the copy.
+    assert sorted(u.split("/")[1] for u in backend.volume.uploads) == ["data", "models"]
+    assert all(r["state"] == "COMPLETE" for r in trials(result.output_dir))
+    trial_cfg = yaml.safe_load((tmp_path / "vol" / "runs" / "embedft" / "trials" / f"{result.best_number:04d}" / "config.yaml").read_text())
+    assert trial_cfg["model"]["base_model"].startswith(str(tmp_path / "vol" / "models") + "/")
+    assert yaml.safe_load(result.best_config_path.read_text())["model"]["base_model"] == tiny_model_path  # exported as the user wrote it
     kept = sorted(p.name for p in (tmp_path / "vol" / "runs" / "embedft" / "trials").iterdir())
     assert kept == [f"{result.best_number:04d}"]
     assert backend.volume.commits == 3 and backend.volume.reloads == 3
