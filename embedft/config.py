@@ -193,16 +193,21 @@ class RunConfig(_Section):
         try:
             task = get_task(self.task)
         except ConfigError as exc:
-            raise ValueError(exc.message + f"; known tasks: {exc.expected}") from None
+            raise ConfigError("unknown task", field="task", expected=exc.expected, found=self.task) from None
         loss = self.training.loss or task.default_loss
         if loss not in task.losses:
-            raise ValueError(
-                f"loss {loss!r} is not allowed for task {task.name!r}; allowed: {sorted(task.losses)}"
+            raise ConfigError(
+                f"loss {loss!r} is not allowed for task {task.name!r}; allowed: {sorted(task.losses)}",
+                field="training.loss",
+                expected=f"one of {sorted(task.losses)}",
+                found=loss,
             )
         if self.training.hard_negatives and not task.losses[loss].uses_hard_negatives:
-            raise ValueError(
-                f"hard_negatives=true needs a loss that takes hard negatives "
-                f"({sorted(n for n, s in task.losses.items() if s.uses_hard_negatives)}), found {loss!r}"
+            raise ConfigError(
+                "hard_negatives=true needs a loss that takes hard negatives",
+                field="training.hard_negatives",
+                expected=f"a loss among {sorted(n for n, s in task.losses.items() if s.uses_hard_negatives)}",
+                found=loss,
             )
         return self
 
@@ -304,6 +309,10 @@ def _config_error(exc: ValidationError, source: str) -> ConfigError:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):  # raised by a validator that knows the field
+        path = ".".join([*(str(p) for p in err["loc"]), *([inner.field] if inner.field else [])]) or "(top level)"
+        return ConfigError(f"invalid config in {source}: {inner.message}", field=path, expected=inner.expected, found=_short(inner.found))
     found = err.get("input")
     if kind == "extra_forbidden":
         return ConfigError(
@@ -331,7 +340,10 @@ def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config file not found", field="config", expected="an existing .yaml/.yml/.json file", found=str(path))
-    text = path.read_text(encoding="utf-8", errors="strict")
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -529,6 +529,11 @@ def _parse_label(value: Any, row: int) -> int:
     )
 
 
+# Longer than any sentence or question an embedding model reads; in practice an unclosed quote
+# that swallowed the rest of a CSV file.
+MAX_TEXT_CHARS = 100_000
+
+
 def _clean(frame: pd.DataFrame, label_type: str) -> tuple[pd.DataFrame, dict[str, int]]:
     counts = dict(dropped_missing_text=0, dropped_empty_text=0, dropped_self_pairs=0, dropped_duplicates=0, conflicting_duplicates=0)
     has_ids = "id1" in frame.columns
@@ -553,6 +558,14 @@ def _clean(frame: pd.DataFrame, label_type: str) -> tuple[pd.DataFrame, dict[str
         if not t1 or not t2:
             counts["dropped_empty_text"] += 1
             continue
+        for role, text in (("text1", t1), ("text2", t2)):
+            if len(text) > MAX_TEXT_CHARS:
+                raise DataError(
+                    f"text too long in row {row} (an unclosed quote in a CSV file?)",
+                    field=role,
+                    expected=f"at most {MAX_TEXT_CHARS} characters",
+                    found=f"{len(text)} characters starting {text[:40]!r}",
+                )
         n1, n2 = normalize_text(t1), normalize_text(t2)
         if n1 == n2 or (has_ids and not _missing(rec["id1"]) and str(rec["id1"]) == str(rec["id2"])):
             counts["dropped_self_pairs"] += 1

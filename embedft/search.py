@@ -181,11 +181,16 @@ class SearchConfig(_Strict):
             try:
                 resolve_params(self.base, {key: sample}, base)
             except ConfigError as exc:
-                raise ValueError(f"space key {key!r}: {exc.message}") from None
+                raise ConfigError(f"space key {key!r}: {exc.message}", field=f"space.{key}", expected=exc.expected, found=exc.found) from None
             if key == "training.loss":
                 bad = [c for c in param.grid() if c not in task.losses] if isinstance(param, CategoricalParam) else ["(not categorical)"]
                 if bad:
-                    raise ValueError(f"space key 'training.loss' has losses the task {task.name!r} does not allow: {bad}; allowed: {sorted(task.losses)}")
+                    raise ConfigError(
+                        f"space key 'training.loss' has losses the task {task.name!r} does not allow",
+                        field="space.training.loss",
+                        expected=f"losses among {sorted(task.losses)}",
+                        found=bad,
+                    )
         if self.sampler.type == "grid":
             for key, param in self.space.items():
                 if isinstance(param, FloatParam):
