@@ -363,6 +363,13 @@ class OptunaSearch:
             )
         except ValueError as exc:
             raise ConfigError(f"cannot open the study: {exc}", field="storage", expected="a study with the same direction", found=_redact(self.config.storage) if self.config.storage else "journal") from None
+        except Exception as exc:  # a database that cannot be reached; its message never carries the password
+            raise ConfigError(
+                f"cannot open the study storage: {type(exc).__name__}: {_redact(str(exc)).splitlines()[0]}",
+                field="storage",
+                expected="a reachable Optuna storage",
+                found=_redact(self.config.storage) if self.config.storage else "journal",
+            ) from None
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:

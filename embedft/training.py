@@ -162,6 +162,9 @@ class Trainer:
         evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size)
 
         out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
+            logger.info("removing %s, left by an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:

@@ -38,3 +38,18 @@ def slow(config, report):
         if report(step + 1, 0.5):
             break
     return TrialResult(number=config.number, state="complete", value=0.5, train_steps=600)
+
+
+def disk_full_on_first(config, report):
+    """Trial 0's model save fails as on a full disk; the others train normally."""
+    if config.number != 0:
+        return run_trial(config, report)
+    from unittest import mock
+
+    from sentence_transformers import SentenceTransformer
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with mock.patch.object(SentenceTransformer, "save", full):
+        return run_trial(config, report)

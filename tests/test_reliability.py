@@ -1,0 +1,137 @@
+"""Guarantees under crashes, kills, faults and shared storage (see docs/reliability.md)."""
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embedft import OptunaSearch, SearchConfig, Trainer
+
+import search_helpers
+from conftest import DEMO_DATA
+from test_search import base, fresh_database, search_config, trials
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_four_workers_on_one_postgres_study(tiny_model_path, tmp_path, postgres_url):
+    url = fresh_database(postgres_url, "four_workers")
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=8, workers=4, storage=url,
+                        space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}})
+    result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    rows = trials(cfg.output_dir)
+    assert sorted(r["number"] for r in rows) == list(range(8))  # none lost, none twice
+    assert result.n_complete == 8 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert len({r["param:training.learning_rate"] for r in rows}) == 8  # no two trials sampled alike
+    import optuna
+
+    study = optuna.load_study(study_name="embedft", storage=url)
+    # Every report a worker sent is in the study: 4 steps per trial.
+    assert sum(len(t.intermediate_values) for t in study.trials) == 8 * 4
+
+
+def test_the_same_seed_gives_the_same_trial_sequence(tiny_model_path, tmp_path):
+    params = []
+    for run in ("a", "b"):
+        cfg = search_config(tiny_model_path, tmp_path / run, n_trials=4, sampler={"type": "tpe", "seed": 3, "n_startup_trials": 2})
+        OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+        params.append([{k: v for k, v in r.items() if k.startswith("param:")} for r in trials(cfg.output_dir)])
+    assert params[0] == params[1] and len({json.dumps(p, sort_keys=True) for p in params[0]}) == 4
+
+
+def test_three_sigkills_of_the_driver_lose_nothing(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=5)
+    path = cfg.save(tmp_path / "search.yaml")
+    script = "import sys; from embedft import OptunaSearch, SearchConfig; OptunaSearch(SearchConfig.from_file(sys.argv[1])).run()"
+    rng = random.Random(11)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(path)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(6.0, 12.0))  # imports take ~5 s; then somewhere inside a trial
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = OptunaSearch(SearchConfig.from_file(path)).run()
+    rows = trials(cfg.output_dir)
+    numbers = [r["number"] for r in rows]
+    assert len(numbers) == len(set(numbers))
+    assert result.n_complete + result.n_pruned == 5
+    assert "RUNNING" not in {r["state"] for r in rows}
+    assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
+    # Only complete model folders exist: the best trial's, and no leftover temporary folders count as one.
+    trial_dirs = [p for p in (Path(cfg.output_dir) / "trials").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in trial_dirs] == [f"{result.best_number:04d}"]
+    assert (trial_dirs[0] / "model" / "modules.json").is_file() and (trial_dirs[0] / "metrics.json").is_file()
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(str(result.best_model_path), device="cpu")
+
+
+def test_a_killed_train_leaves_no_model_and_reruns_cleanly(tiny_model_path, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**base(tiny_model_path, epochs=2000, eval_steps=None), "output_dir": str(out)}))
+    proc = subprocess.Popen([sys.executable, "-m", "embedft.cli", "-q", "train", str(cfg)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".run.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that looks like a finished run
+    cfg.write_text(yaml.safe_dump({**base(tiny_model_path), "output_dir": str(out)}))
+    from embedft.cli import main
+
+    assert main(["-q", "train", str(cfg)]) == 0
+    assert (out / "model" / "modules.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "run"]  # the killed run's scratch is gone
+
+
+def test_a_full_disk_fails_one_trial_and_leaves_no_folder(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2)
+    result = OptunaSearch(cfg, trial_fn=search_helpers.disk_full_on_first).run()
+    rows = trials(cfg.output_dir)
+    assert rows[0]["state"] == "FAIL" and "No space left on device" in rows[0]["error"]
+    assert result.n_complete == 2 and result.n_failed == 1
+    names = sorted(p.name for p in (Path(cfg.output_dir) / "trials").iterdir())
+    assert names == [f"{result.best_number:04d}"] and result.best_number != 0
+
+
+def test_trust_remote_code_is_off_unless_asked_and_then_warned(tiny_model_path, tmp_path, caplog):
+    from embedft import RunConfig
+
+    assert RunConfig().model.trust_remote_code is False
+    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, max_train_pairs=32, epochs=1, batch_size=16, progress=False, cache=False)
+    with caplog.at_level(logging.WARNING, logger="embedft"):
+        Trainer(**kwargs, output_dir=str(tmp_path / "a")).fit(baseline=False)
+    assert "trust_remote_code" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="embedft"):
+        Trainer(**kwargs, trust_remote_code=True, output_dir=str(tmp_path / "b")).fit(baseline=False)
+    assert "trust_remote_code is on" in caplog.text
+
+
+def test_tokens_never_reach_files_or_errors(tiny_model_path, tmp_path, monkeypatch, capsys):
+    canary = "hf_CANARY0123456789"
+    monkeypatch.setenv("HF_TOKEN", canary)
+    url = f"postgresql+psycopg://user:{canary}@127.0.0.1:1/db"  # nothing listens there
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=1, storage=url)
+    with pytest.raises(Exception) as err:
+        OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    assert canary not in str(err.value)
+    from embedft.cli import main
+
+    cfg.save(tmp_path / "s.yaml")
+    assert main(["-q", "search", str(tmp_path / "s.yaml")]) != 0
+    captured = capsys.readouterr()
+    assert canary not in captured.out + captured.err
+    for path in Path(cfg.output_dir).rglob("*"):
+        if path.is_file():
+            assert canary not in path.read_text(errors="replace"), path
