@@ -298,8 +298,6 @@ class OptunaSearch:
         return self.config.storage or f"journal:{self.output_dir / 'study.journal'}"
 
     def _storage(self):
-        import optuna
-
         if self.config.storage:
             return self.config.storage
         from optuna.storages import JournalStorage

@@ -16,7 +16,7 @@ from test_search import search_config, trials
 
 pytest.importorskip("modal", reason="the Modal backend needs embedft[modal]")
 
-from embedft.modal_backend import ModalBackend, pinned_requirements  # noqa: E402
+from embedft.modal_backend import ModalBackend  # noqa: E402
 from modal_standins import LocalVolume, OfflineBackend  # noqa: E402
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from embedft import OptunaSearch, SearchConfig, Trainer
+from embedft import OptunaSearch, Trainer
 
 import search_helpers
 from conftest import DEMO_DATA
-from test_search import base, fresh_database, search_config, trials
+from test_search import base, fresh_database, resume_and_check, search_config, trials
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -57,13 +57,7 @@ def test_three_sigkills_of_the_driver_lose_nothing(tiny_model_path, tmp_path):
         time.sleep(rng.uniform(6.0, 12.0))  # imports take ~5 s; then somewhere inside a trial
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    result = OptunaSearch(SearchConfig.from_file(path)).run()
-    rows = trials(cfg.output_dir)
-    numbers = [r["number"] for r in rows]
-    assert len(numbers) == len(set(numbers))
-    assert result.n_complete + result.n_pruned == 5
-    assert "RUNNING" not in {r["state"] for r in rows}
-    assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
+    result = resume_and_check(path, 5)
     # Only complete model folders exist: the best trial's, and no leftover temporary folders count as one.
     trial_dirs = [p for p in (Path(cfg.output_dir) / "trials").iterdir() if not p.name.startswith(".")]
     assert [p.name for p in trial_dirs] == [f"{result.best_number:04d}"]

@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from embedft import ConfigError, OptunaSearch, RunConfig, SearchConfig, Trainer, TrialConfig, run_trial
-from embedft.executors import InProcessExecutor, ProcessExecutor
 
 import search_helpers
 from conftest import DEMO_DATA
@@ -207,14 +205,20 @@ def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path, storage_u
     time.sleep(1.0)  # into the next trial
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    resume_and_check(path, 4)
+    assert_no_canary(cfg.output_dir)
+
+
+def resume_and_check(path, n_trials):
+    """Rerun a killed search to the end: exactly n_trials finished, no trial twice, none left RUNNING."""
     result = OptunaSearch(SearchConfig.from_file(path)).run()
-    rows = trials(cfg.output_dir)
+    rows = trials(result.output_dir)
     numbers = [r["number"] for r in rows]
     assert len(numbers) == len(set(numbers))
-    assert result.n_complete + result.n_pruned == 4
+    assert result.n_complete + result.n_pruned == n_trials
     assert "RUNNING" not in {r["state"] for r in rows}
     assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
-    assert_no_canary(cfg.output_dir)
+    return result
 
 
 @pytest.mark.parametrize(
