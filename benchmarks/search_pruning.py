@@ -1,4 +1,4 @@
-"""What pruning saves: the same seeded search on a Quora subset, with and without the median pruner.
+"""What pruning saves: the same seeded search on a Quora subset, with and without a pruner (median by default).
 
 Both arms use a seeded random sampler, so they try the same parameter sets in the same
 order; the only difference is that the pruned arm stops a trial whose intermediate dev AP
@@ -44,7 +44,8 @@ def search_config(source: Path, out: Path, args, pruner: str) -> dict:
         },
         "n_trials": args.trials,
         "sampler": {"type": "random", "seed": args.seed},
-        "pruner": {"type": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 0},
+        "pruner": {"type": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 0,
+                   **({"min_resource": args.eval_steps} if pruner in ("successive_halving", "hyperband") else {})},
         "output_dir": str(out / pruner),
     }
 
@@ -74,25 +75,27 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--startup", type=int, default=2, help="trials the median pruner never prunes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pruner", default="median", choices=["median", "percentile", "successive_halving", "hyperband"], help="the pruned arm's pruner")
     args = parser.parse_args()
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; pruned arm: {args.pruner}")
     with tempfile.TemporaryDirectory() as tmp:
         source = quora_subset(args.pairs, Path(tmp) / "quora_subset.tsv", seed=args.seed)
-        arms = {name: run_arm(source, Path(tmp), args, name) for name in ("none", "median")}
+        arms = {name: run_arm(source, Path(tmp), args, name) for name in ("none", args.pruner)}
+    arms["pruned"] = arms.pop(args.pruner)
 
     print(f"\n{args.trials} trials per arm, random sampler seed {args.seed}, {args.train_pairs} training pairs, "
           f"batch {args.batch_size}, dev AP every {args.eval_steps} steps")
     print(f"{'trial':>5} {'params':<60} {'unpruned':>10} {'pruned':>16}")
-    for a, b in zip(arms["none"]["rows"], arms["median"]["rows"], strict=True):
+    for a, b in zip(arms["none"]["rows"], arms["pruned"]["rows"], strict=True):
         params = ", ".join(f"{k.split('.')[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in a.items() if k.startswith("param:"))
         state = b["state"] if b["state"] != "COMPLETE" else f"{b['value']:.4f}"
         print(f"{a['number']:>5} {params.replace('param:', ''):<60} {a['value']:>10.4f} {state:>9} ({b['train_steps']:>2} st)")
-    for name, label in (("none", "unpruned"), ("median", "pruned")):
+    for name, label in (("none", "unpruned"), ("pruned", args.pruner)):
         r = arms[name]
         print(f"{label:<9} compute {r['compute']:7.1f}s  train steps {r['steps']:4d}  best dev AP {r['best']:.4f}  pruned trials {r['pruned']}")
-    ratio = arms["median"]["compute"] / arms["none"]["compute"]
-    gap = arms["none"]["best"] - arms["median"]["best"]
+    ratio = arms["pruned"]["compute"] / arms["none"]["compute"]
+    gap = arms["none"]["best"] - arms["pruned"]["best"]
     print(f"compute ratio pruned/unpruned: {ratio:.3f} (goal <= 0.4); best dev AP gap {gap:+.4f} (goal <= 0.005)")
 
 

@@ -129,11 +129,21 @@ class SamplerConfig(_Strict):
 
 
 class PrunerConfig(_Strict):
-    """``median`` (default), ``hyperband`` or ``none``."""
+    """``median`` (default), ``percentile``, ``successive_halving``, ``hyperband`` or ``none``.
 
-    type: Literal["median", "hyperband", "none"] = "median"
+    ``median``/``percentile`` stop a trial whose intermediate dev score is below the median (the
+    ``percentile``-th percentile) of earlier trials at the same step, after ``n_startup_trials``
+    trials and ``n_warmup_steps`` steps. ``successive_halving``/``hyperband`` keep the top
+    1/``reduction_factor`` of trials at rungs of ``min_resource`` x ``reduction_factor``^k steps
+    (``min_resource`` null: chosen by Optuna).
+    """
+
+    type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_steps: int = Field(0, ge=0)
+    percentile: float = Field(50.0, gt=0, lt=100)
+    min_resource: int | None = Field(None, ge=1)
+    reduction_factor: int = Field(3, ge=2)
 
 
 # Keys whose values come from a sampled parameter in another form.
@@ -326,7 +336,11 @@ class OptunaSearch:
         if p.type == "none":
             return optuna.pruners.NopPruner()
         if p.type == "hyperband":
-            return optuna.pruners.HyperbandPruner()
+            return optuna.pruners.HyperbandPruner(min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor)
+        if p.type == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource or "auto", reduction_factor=p.reduction_factor)
+        if p.type == "percentile":
+            return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
     def _make_executor(self):
