@@ -223,8 +223,16 @@ class ModalBackend:
             present = set()
         if marker not in present:
             logger.info("uploading %s to volume %s:%s", local_dir, self.config.volume, rel)
-            with self.volume.batch_upload(force=True) as batch:
-                batch.put_directory(str(local_dir), rel)
+            try:
+                with self.volume.batch_upload(force=True) as batch:
+                    batch.put_directory(str(local_dir), rel)
+            except Exception as exc:
+                raise RemoteTrialError(
+                    f"cannot upload to the Modal volume: {type(exc).__name__}: {exc}",
+                    field="modal.volume",
+                    expected="a Modal token (run `modal setup`) and network access to Modal",
+                    found=f"{self.config.volume}:{rel}",
+                ) from exc
 
     def upload_data(self, local_dir: str | Path, fingerprint: str) -> str:
         """Upload built splits once per fingerprint; returns their path inside the container."""

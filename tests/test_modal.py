@@ -208,3 +208,18 @@ def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, cap
     # An existing output folder is refused before any GPU is asked for.
     assert main(["-q", "train", str(cfg), "--backend", "modal"]) == 2
     assert len(made) == 2  # the pull made one; the refused run made none
+
+
+def test_without_a_token_the_search_stops_with_one_clear_error(tiny_model_path, tmp_path, monkeypatch):
+    import os
+
+    if os.environ.get("MODAL_TOKEN_ID") or (Path.home() / ".modal.toml").exists():
+        pytest.skip("a Modal token is configured here; this test must not reach a real account")
+    from embedft.modal_backend import RemoteTrialError
+
+    cfg = modal_search(tiny_model_path, tmp_path, n_trials=1)
+    with pytest.raises(RemoteTrialError) as err:
+        OptunaSearch(cfg).run()
+    assert err.value.field == "modal.volume" and "modal setup" in str(err.value)
+    with pytest.raises(RemoteTrialError, match="cannot start the Modal app"):
+        ModalBackend(ModalConfig()).executor()
