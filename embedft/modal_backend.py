@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 from embedft.config import ModalConfig, RunConfig
 from embedft.errors import EmbedftError, require
+from embedft.training import _replace_dir
 from embedft.trial import TrialConfig, TrialResult, run_trial
 
 modal = require("modal", "modal")
@@ -273,9 +273,7 @@ class ModalBackend:
                 with target.open("wb") as fh:
                     for chunk in self.volume.read_file(path):
                         fh.write(chunk)
-            if local.exists():
-                shutil.rmtree(local)
-            os.replace(tmp, local)
+            _replace_dir(tmp, local, overwrite=True)  # an existing copy goes only once the new one is complete
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local

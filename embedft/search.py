@@ -545,8 +545,9 @@ class OptunaSearch:
             study.tell(trial, result.value)
             self._keep_best_model(study, result)
         elif result.state == "pruned":
+            reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
             for step, value in result.intermediate:
-                if step not in trial.storage.get_trial(trial._trial_id).intermediate_values:
+                if step not in reported:
                     trial.report(value, step)
             study.tell(trial, state=TrialState.PRUNED)
             self._drop_trial_dir(result.number)
