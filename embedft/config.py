@@ -32,13 +32,15 @@ __all__ = [
     "TrainingConfig",
     "RunConfig",
     "ModalConfig",
+    "MiningConfig",
     "load_config",
     "DEFAULT_BASE_MODEL",
 ]
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-CANONICAL_COLUMNS = ("text1", "text2", "label", "id1", "id2")
+# Column roles across all tasks; each task reads its own subset (``embedft.get_task(name).roles``).
+CANONICAL_COLUMNS = ("text1", "text2", "label", "score", "id1", "id2", "anchor", "positive", "negative", "query", "query_id", "doc_id")
 
 
 class _Section(BaseModel):
@@ -60,12 +62,36 @@ class SplitRatios(_Section):
         return self
 
 
-class DataConfig(_Section):
-    """Where the pairs come from and how they are split.
+class MiningConfig(_Section):
+    """Hard-negative mining with the base model (sentence-transformers' ``mine_hard_negatives``).
 
-    ``source`` is a local file (CSV/TSV/JSONL/Parquet, optionally ``.gz``) or a Hugging
-    Face dataset id. ``columns`` maps embedft's names (``text1``, ``text2``, ``label``,
-    ``id1``, ``id2``) to the source's column names when they are not recognised.
+    For each training (anchor, positive), the base model ranks candidate texts of the
+    **train split only**; ``num_negatives`` are taken from ranks ``range_min``..``range_max``
+    whose similarity is at most ``max_score`` and, with ``relative_margin`` (or
+    ``absolute_margin``), clearly below the positive's (to skip likely false negatives).
+    Used by the retrieval and triplets tasks.
+    """
+
+    num_negatives: int = Field(1, ge=1, le=100)
+    range_min: int = Field(0, ge=0)
+    range_max: int | None = Field(None, gt=0)
+    max_score: float | None = None
+    min_score: float | None = None
+    absolute_margin: float | None = None
+    relative_margin: float | None = Field(None, ge=0, lt=1)
+    sampling_strategy: Literal["top", "random"] = "top"
+    batch_size: int = Field(64, gt=0)
+
+
+class DataConfig(_Section):
+    """Where the rows come from and how they are split.
+
+    ``source`` is a local file (CSV/TSV/JSONL/Parquet, optionally ``.gz``), a Hugging
+    Face dataset id, or (retrieval) a BEIR folder with ``corpus.jsonl``, ``queries.jsonl``
+    and ``qrels/*.tsv`` (``qrels`` picks one file). ``columns`` maps embedft's column roles
+    (``text1``, ``text2``, ``label``, ``score``, ``anchor``, ``positive``, ``negative``,
+    ``query``, ids) to the source's column names when they are not recognised.
+    ``score_range`` declares the range of STS scores (inferred when unset).
     """
 
     source: str | None = None
@@ -78,6 +104,16 @@ class DataConfig(_Section):
     max_train_pairs: int | None = Field(None, gt=0)
     cache: bool = True
     cache_dir: str | None = None
+    score_range: tuple[float, float] | None = None
+    qrels: str | None = None
+    mine_hard_negatives: MiningConfig | None = None
+
+    @field_validator("score_range")
+    @classmethod
+    def _low_below_high(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"score_range must be [low, high] with low < high, found {list(value)}")
+        return value
 
     @field_validator("columns")
     @classmethod
@@ -136,6 +172,18 @@ class TrainingConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     eval_batch_size: int = Field(64, gt=0)
     progress: bool = True
+    matryoshka_dims: list[int] | None = None
+    guide_model: str | None = None
+    cache_frozen_embeddings: bool = True
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or any(d <= 0 for d in value) or len(set(value)) != len(value):
+            raise ValueError(f"matryoshka_dims must be distinct positive dimensions, found {value}")
+        return sorted(value, reverse=True)
 
 
 class ModalConfig(_Section):
@@ -202,6 +250,26 @@ class RunConfig(_Section):
                 expected=f"one of {sorted(task.losses)}",
                 found=loss,
             )
+        spec = task.losses[loss]
+        if spec.needs_guide and not self.training.guide_model:
+            raise ConfigError(f"{loss} needs a guide model", field="training.guide_model", expected="a model id or path (e.g. a larger embedding model)", found=None)
+        unknown_roles = sorted(set(self.data.columns) - set(task.roles))
+        if unknown_roles:
+            raise ConfigError(
+                f"column role(s) not used by task {task.name!r}",
+                field=f"data.columns.{unknown_roles[0]}",
+                expected=f"roles among {list(task.roles)}",
+                found=unknown_roles,
+            )
+        if self.data.mine_hard_negatives is not None and not (task.supports_mining and spec.input_format in ("positive-pairs", "triplets")):
+            raise ConfigError(
+                "hard-negative mining needs a task and loss that take negatives",
+                field="data.mine_hard_negatives",
+                expected="task retrieval or triplets with a ranking/triplet loss",
+                found=f"task {task.name}, loss {loss}",
+            )
+        if self.data.score_range is not None and task.label_type != "score":
+            raise ConfigError("score_range applies to scored tasks only", field="data.score_range", expected="null for task " + task.name, found=list(self.data.score_range))
         if self.training.hard_negatives and not task.losses[loss].uses_hard_negatives:
             raise ConfigError(
                 "hard_negatives=true needs a loss that takes hard negatives",

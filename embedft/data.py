@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ __all__ = ["DatasetBuilder", "BuiltDataset", "DataReport", "SplitStats", "normal
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-_FORMAT_VERSION = "1"  # bump when the cleaning/splitting logic changes, to invalidate caches
+_FORMAT_VERSION = "2"  # bump when the cleaning/splitting logic changes, to invalidate caches
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -56,12 +56,13 @@ def normalize_text(text: str) -> str:
 
 
 class SplitStats(BaseModel):
-    """Size and label balance of one split."""
+    """Size and label balance of one split (``positives``/``negatives`` for 0/1 labels, ``mean_score`` for scores)."""
 
     pairs: int
-    positives: int
-    negatives: int
-    positive_rate: float
+    positives: int | None = None
+    negatives: int | None = None
+    positive_rate: float | None = None
+    mean_score: float | None = None
     components: int
     texts: int
 
@@ -85,38 +86,64 @@ class DataReport(BaseModel):
     train_pairs_before_cap: int
     max_train_pairs: int | None = None
     from_cache: bool = False
+    task: str = "pair-classification"
+    score_range: tuple[float, float] | None = None
+    score_range_source: str | None = None
+    corpus_docs: int | None = None
+    unjudged_queries: int = 0
+    shared_relevant_docs: dict[str, int] = {}
 
     def summary(self) -> str:
         """A short human-readable table of the report."""
         lines = [
-            f"source: {self.source}",
+            f"source: {self.source} (task {self.task})",
             f"rows read {self.rows_read}, kept {self.kept} (dropped: missing text {self.dropped_missing_text}, "
             f"empty text {self.dropped_empty_text}, self-pairs {self.dropped_self_pairs}, "
-            f"duplicate pairs {self.dropped_duplicates}; conflicting labels among duplicates {self.conflicting_duplicates})",
-            f"components {self.components} (largest {self.largest_component} pairs)",
-            f"{'split':<6} {'pairs':>7} {'pos':>6} {'neg':>6} {'pos rate':>8} {'groups':>7} {'texts':>7}",
+            f"duplicate rows {self.dropped_duplicates}; conflicting labels among duplicates {self.conflicting_duplicates})",
+            f"components {self.components} (largest {self.largest_component} rows)",
         ]
+        if self.score_range is not None:
+            lo, hi = self.score_range
+            lines.append(f"scores normalised to [0, 1] from the {self.score_range_source} range [{lo:g}, {hi:g}]")
+        if self.corpus_docs is not None:
+            lines.append(f"corpus {self.corpus_docs} documents; queries without judgements dropped: {self.unjudged_queries}")
+        binary = all(s.positives is not None for s in self.splits.values())
+        head = f"{'pos':>6} {'neg':>6} {'pos rate':>8}" if binary else f"{'mean score':>10}"
+        lines.append(f"{'split':<6} {'rows':>7} {head} {'groups':>7} {'texts':>7}")
         for name, s in self.splits.items():
-            lines.append(
-                f"{name:<6} {s.pairs:>7} {s.positives:>6} {s.negatives:>6} {s.positive_rate:>8.3f} {s.components:>7} {s.texts:>7}"
-            )
+            if binary:
+                mid = f"{s.positives:>6} {s.negatives:>6} {s.positive_rate:>8.3f}"
+            else:
+                mid = f"{s.mean_score:>10.3f}" if s.mean_score is not None else f"{'-':>10}"
+            lines.append(f"{name:<6} {s.pairs:>7} {mid} {s.components:>7} {s.texts:>7}")
         if self.max_train_pairs is not None:
             lines.append(f"train capped at {self.max_train_pairs} pairs (from {self.train_pairs_before_cap})")
         leak = ", ".join(f"{k}: {v}" for k, v in self.leakage.items())
         status = "OK" if not any(self.leakage.values()) else "LEAK"
         lines.append(f"leakage check (texts shared between splits) {status}: {leak}")
+        if self.shared_relevant_docs:
+            shared = ", ".join(f"{k}: {v}" for k, v in self.shared_relevant_docs.items())
+            lines.append(f"relevant documents shared between splits (allowed: splits are by query): {shared}")
         return "\n".join(lines)
 
 
 @dataclass
 class BuiltDataset:
-    """Train/dev/test frames (columns ``text1``, ``text2``, ``label``, ``component``) and the build report."""
+    """Train/dev/test frames and the build report.
+
+    Frames hold the task's columns (``text1, text2, label`` for pair tasks and STS, with
+    STS scores in [0, 1]; ``anchor, positive, negative`` for triplets; ``query_id, query,
+    doc_id, positive`` for retrieval) plus ``component``, the group id that never crosses
+    splits. Retrieval also carries ``corpus`` (``doc_id, text``): every split retrieves
+    from all of it.
+    """
 
     train: pd.DataFrame
     dev: pd.DataFrame
     test: pd.DataFrame
     report: DataReport
     task: str = "pair-classification"
+    corpus: pd.DataFrame | None = None
 
     def split(self, name: str) -> pd.DataFrame:
         if name not in SPLITS:
@@ -131,48 +158,44 @@ class BuiltDataset:
         """
         if cap is None or cap >= len(self.train):
             return self
-        train = _stratified_cap(self.train, cap, seed)
+        spec = get_task(self.task)
+        train = _stratified_cap(self.train, cap, seed, spec)
         report = self.report.model_copy(
-            update={"splits": {**self.report.splits, "train": _stats(train)}, "max_train_pairs": cap}
+            update={"splits": {**self.report.splits, "train": _stats(train, spec)}, "max_train_pairs": cap}
         )
-        return BuiltDataset(train=train, dev=self.dev, test=self.test, report=report, task=self.task)
+        return replace(self, train=train, report=report)
+
+    def with_train(self, train: pd.DataFrame) -> BuiltDataset:
+        """The same dataset with another train frame (e.g. with mined hard negatives added)."""
+        return replace(self, train=train)
 
     def examples(self, name: str = "train") -> list:
-        """The split as sentence-transformers ``InputExample`` pairs."""
+        """The split as sentence-transformers ``InputExample`` objects (texts of the task, plus the label if any)."""
         from sentence_transformers import InputExample
 
+        spec = get_task(self.task)
         frame = self.split(name)
-        return [
-            InputExample(texts=[a, b], label=float(y))
-            for a, b, y in zip(frame["text1"], frame["text2"], frame["label"], strict=True)
-        ]
+        columns = [frame[c].tolist() for c in spec.text_columns]
+        if spec.label_type == "none":
+            return [InputExample(texts=list(texts)) for texts in zip(*columns, strict=True)]
+        return [InputExample(texts=list(texts), label=float(y)) for *texts, y in zip(*columns, frame["label"], strict=True)]
 
     def dataset(self, name: str = "train", loss: str | None = None, hard_negatives: bool = False, seed: int = 0) -> datasets.Dataset:
         """The split as a ``datasets.Dataset`` with the columns ``loss`` expects.
 
-        Labelled-pair losses get ``sentence1, sentence2, label``. Positive-pair losses
-        (MultipleNegativesRankingLoss) get ``anchor, positive`` from the positive pairs,
-        plus ``negative`` when ``hard_negatives``: a text labelled as not-duplicate of the
-        anchor or positive where the data has one, else a random text from another group.
+        Labelled-pair losses get ``sentence1, sentence2, label``; scored-pair losses
+        ``sentence1, sentence2, score``. Positive-pair losses (MultipleNegativesRankingLoss
+        and kin) get ``anchor, positive``, plus negative columns: for pair classification,
+        with ``hard_negatives``, a text labelled as not-duplicate of the anchor or positive
+        where the data has one (else a random text from another group); for triplets and
+        retrieval the given negatives; and any mined ones (``mined_1..k`` in the frame).
         """
         from datasets import Dataset
 
-        spec = get_task(self.task).loss(loss)
-        frame = self.split(name)
-        if spec.input_format == "labelled-pairs":
-            return Dataset.from_dict(
-                {
-                    "sentence1": frame["text1"].tolist(),
-                    "sentence2": frame["text2"].tolist(),
-                    "label": frame["label"].astype(float).tolist(),
-                }
-            )
-        positives = frame[frame["label"] == 1]
-        data: dict[str, list[str]] = {"anchor": positives["text1"].tolist(), "positive": positives["text2"].tolist()}
-        if hard_negatives:
-            data["negative"], found = _hard_negatives(frame, positives, seed)
-            logger.info("hard negatives: %d of %d from labelled negatives, the rest random", found, len(positives))
-        if not data["anchor"]:
+        task = get_task(self.task)
+        spec = task.loss(loss)
+        data = task.train_columns(self.split(name), spec, hard_negatives, seed)
+        if not next(iter(data.values()), []):
             raise DataError(
                 f"{spec.name} trains on positive pairs and the {name} split has none",
                 field="label",
@@ -192,6 +215,8 @@ class BuiltDataset:
                 self.split(name).to_parquet(tmp / f"{name}.parquet", index=False)
             (tmp / "report.json").write_text(self.report.model_dump_json(indent=2), encoding="utf-8")
             (tmp / "task.txt").write_text(self.task, encoding="utf-8")
+            if self.corpus is not None:
+                self.corpus.to_parquet(tmp / "corpus.parquet", index=False)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -208,30 +233,8 @@ class BuiltDataset:
         frames = {name: pd.read_parquet(path / f"{name}.parquet") for name in SPLITS}
         report = DataReport.model_validate_json((path / "report.json").read_text(encoding="utf-8"))
         task = (path / "task.txt").read_text(encoding="utf-8").strip()
-        return cls(**frames, report=report, task=task)
-
-
-def _hard_negatives(frame: pd.DataFrame, positives: pd.DataFrame, seed: int) -> tuple[list[str], int]:
-    partners: dict[str, list[str]] = {}
-    for a, b in zip(frame.loc[frame["label"] == 0, "text1"], frame.loc[frame["label"] == 0, "text2"], strict=True):
-        partners.setdefault(a, []).append(b)
-        partners.setdefault(b, []).append(a)
-    rng = np.random.default_rng(seed)
-    texts = np.array(sorted(set(frame["text1"]) | set(frame["text2"])))
-    comp_of = {t: c for col in ("text1", "text2") for t, c in zip(frame[col], frame["component"], strict=True)}
-    out, found = [], 0
-    for a, p, comp in zip(positives["text1"], positives["text2"], positives["component"], strict=True):
-        options = partners.get(a, []) + partners.get(p, [])
-        if options:
-            out.append(options[int(rng.integers(len(options)))])
-            found += 1
-            continue
-        for _ in range(20):
-            cand = str(texts[int(rng.integers(len(texts)))])
-            if comp_of[cand] != comp:
-                break
-        out.append(cand)
-    return out, found
+        corpus = pd.read_parquet(path / "corpus.parquet") if (path / "corpus.parquet").is_file() else None
+        return cls(**frames, report=report, task=task, corpus=corpus)
 
 
 class DatasetBuilder:
@@ -274,13 +277,26 @@ class DatasetBuilder:
             built.save(cache_path)
         return built
 
+    def mine_hard_negatives(self, built: BuiltDataset, model: Any, config: Any = None) -> tuple[BuiltDataset, Any]:
+        """Add mined hard negatives to ``built``'s train split with ``model`` (see :mod:`embedft.mining`).
+
+        ``config`` is a :class:`~embedft.config.MiningConfig` (default: ``data.mine_hard_negatives``
+        of this builder's config, else one negative per row). Returns the new dataset and a
+        :class:`~embedft.mining.MiningReport`.
+        """
+        from embedft.config import MiningConfig
+        from embedft.mining import mine_hard_negatives
+
+        cfg = config or self.config.mine_hard_negatives or MiningConfig()
+        return mine_hard_negatives(built, model, cfg)
+
     def load_frame(self, source: Any = None) -> pd.DataFrame:
         """Load and map the source into canonical columns, before cleaning."""
         frame, _, _ = self._load(self.config.source if source is None else source)
         return frame
 
     def _fingerprint(self, source_fp: str) -> str:
-        cfg = self.config.model_dump(mode="json", exclude={"source", "cache", "cache_dir", "hf_split", "hf_config", "format"})
+        cfg = self.config.model_dump(mode="json", exclude={"source", "cache", "cache_dir", "hf_split", "hf_config", "format", "mine_hard_negatives"})
         payload = json.dumps({"v": _FORMAT_VERSION, "task": self.task.name, "source": source_fp, "config": cfg}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -294,17 +310,26 @@ class DatasetBuilder:
     def _load(self, src: Any) -> tuple[pd.DataFrame, str, str]:
         import pandas as pd
 
+        self._corpus = None
+        self._unjudged = 0
         if isinstance(src, pd.DataFrame):
             raw, description = src.copy(), f"DataFrame ({len(src)} rows)"
+        elif isinstance(src, (str, os.PathLike)) and Path(src).expanduser().is_dir():
+            if not self.task.uses_corpus:
+                raise DataError("a folder is a source only for the retrieval task (BEIR layout)", field="data.source", expected="a data file", found=str(src))
+            from embedft.convert import load_beir
+
+            raw, self._corpus, self._unjudged = load_beir(Path(src).expanduser(), self.config.qrels)
+            description = f"BEIR folder {src}"
         elif isinstance(src, (str, os.PathLike)):
             raw, description = self._load_path_or_hub(str(src))
         elif isinstance(src, Sequence) and not isinstance(src, (str, bytes)):
-            raw, description = _frame_from_rows(src), f"list ({len(src)} rows)"
+            raw, description = _frame_from_rows(src, self.task), f"list ({len(src)} rows)"
         else:
             raise DataError("unsupported data source", field="data.source", expected="path, dataset id, DataFrame or list of rows", found=type(src).__name__)
         raw = _expand_nested_questions(raw)
         mapped = self._map_columns(raw)
-        source_fp = _hash_frame(mapped)
+        source_fp = _hash_frame(mapped) + ("" if self._corpus is None else _hash_frame(self._corpus))
         return mapped, description, source_fp
 
     def _load_path_or_hub(self, src: str) -> tuple[pd.DataFrame, str]:
@@ -325,8 +350,16 @@ class DatasetBuilder:
 
     def _map_columns(self, raw: pd.DataFrame) -> pd.DataFrame:
         explicit = self.config.columns
+        task = self.task
         found = [str(c) for c in raw.columns]
         for role, col in explicit.items():
+            if role not in task.roles:
+                raise DataError(
+                    f"column role {role!r} is not used by task {task.name!r}",
+                    field=f"data.columns.{role}",
+                    expected=f"one of {list(task.roles)}",
+                    found=role,
+                )
             if col not in raw.columns:
                 close = get_close_matches(col, found, n=1)
                 raise DataError(
@@ -337,15 +370,16 @@ class DatasetBuilder:
                     hint=f"did you mean {close[0]!r}?" if close else None,
                 )
         mapping: dict[str, str] = {}
-        required = [c for c in self.task.input_columns]
-        for role in (*required, "id1", "id2"):
+        required = list(task.input_columns)
+        for role in task.roles:
             if role in explicit:
                 mapping[role] = explicit[role]
                 continue
-            aliases = self.task.column_aliases.get(role, (role,))
-            hit = next((a for a in aliases if a in raw.columns), None)
+            aliases = task.column_aliases.get(role, (role,))
+            taken = set(mapping.values())
+            hit = next((a for a in aliases if a in raw.columns and a not in taken), None)
             if hit is None:
-                lowered = {c.lower(): c for c in found}
+                lowered = {c.lower(): c for c in found if c not in taken}
                 hit = next((lowered[a.lower()] for a in aliases if a.lower() in lowered), None)
             if hit is not None:
                 mapping[role] = hit
@@ -354,39 +388,48 @@ class DatasetBuilder:
                 guess = get_close_matches(role, unused, n=1) or unused[:1]
                 suggestion = f"columns={{'{role}': '{guess[0]}'}}" if guess else f"columns={{'{role}': '<your column>'}}"
                 raise DataError(
-                    f"no column for {role!r}",
+                    f"no column for {role!r} (task {task.name})",
                     field=f"data.columns.{role}",
                     expected=f"one of {list(aliases)} or an explicit mapping",
                     found=f"columns {found}",
                     hint=f"map it explicitly, e.g. {suggestion} (CLI: --set data.columns.{role}=...)",
                 )
-        if ("id1" in mapping) != ("id2" in mapping):
-            mapping.pop("id1", None)
-            mapping.pop("id2", None)
+        if task.symmetric:  # ids link texts only when both sides have one
+            ids = [mapping.get(i) for i in task.id_columns.values()]
+            if None in ids:
+                for i in task.id_columns.values():
+                    mapping.pop(i, None)
         out = raw[[mapping[r] for r in mapping]].copy()
-        out.columns = list(mapping)
+        out.columns = ["label" if r == "score" else r for r in mapping]
         return out.reset_index(drop=True)
 
     # ------------------------------------------------------------------ clean + split
     def _build_frame(self, frame: pd.DataFrame, description: str, fingerprint: str) -> BuiltDataset:
+        task = self.task
         rows_read = len(frame)
-        cleaned, counts = _clean(frame, self.task.label_type)
+        score_range, range_source = None, None
+        if task.label_type == "score":
+            frame, score_range, range_source = _normalise_scores(frame, self.config.score_range)
+        cleaned, counts = _clean(frame, task)
         if cleaned.empty:
             raise DataError(
-                "no pairs left after cleaning",
+                "no rows left after cleaning",
                 field="data.source",
-                expected="at least one pair with two non-empty, different texts",
+                expected=f"at least one row with non-empty, different texts in {list(task.text_columns)}",
                 found=f"{rows_read} rows read, {counts}",
             )
-        comp = _components(cleaned)
+        corpus = None
+        if task.uses_corpus:
+            cleaned, corpus = _with_corpus(cleaned, self._corpus)
+        comp = _components(cleaned, task)
         cleaned["component"] = comp
-        assignment = _assign_splits(cleaned, self.config.splits.model_dump(), self.config.seed)
+        assignment = _assign_splits(cleaned, self.config.splits.model_dump(), self.config.seed, _balance_key(cleaned, task))
         frames = {name: cleaned[assignment == name].reset_index(drop=True) for name in SPLITS}
-        _check_splittable(frames, int(comp.max()) + 1)
+        _check_splittable(frames, int(comp.max()) + 1, task)
         train_before = len(frames["train"])
         cap = self.config.max_train_pairs
         if cap is not None and cap < train_before:
-            frames["train"] = _stratified_cap(frames["train"], cap, self.config.seed)
+            frames["train"] = _stratified_cap(frames["train"], cap, self.config.seed, task)
         report = DataReport(
             source=description,
             fingerprint=fingerprint,
@@ -395,33 +438,42 @@ class DatasetBuilder:
             kept=len(cleaned),
             components=int(comp.max()) + 1,
             largest_component=int(np.bincount(comp).max()),
-            splits={name: _stats(f) for name, f in frames.items()},
-            leakage=_leakage(frames),
+            splits={name: _stats(f, task) for name, f in frames.items()},
+            leakage=_leakage(frames, task.group_columns),
             train_pairs_before_cap=train_before,
             max_train_pairs=cap,
+            task=task.name,
+            score_range=score_range,
+            score_range_source=range_source,
+            corpus_docs=None if corpus is None else len(corpus),
+            unjudged_queries=self._unjudged,
+            shared_relevant_docs=_leakage(frames, ("positive",)) if task.uses_corpus else {},
         )
         if any(report.leakage.values()):  # pragma: no cover - guarded by construction
             raise DataError("splits share texts", field="splits", expected="0 shared texts", found=report.leakage)
         logger.info("built splits\n%s", report.summary())
-        return BuiltDataset(**frames, report=report, task=self.task.name)
+        return BuiltDataset(**frames, report=report, task=task.name, corpus=corpus)
 
 
 # ---------------------------------------------------------------------- loading helpers
-def _frame_from_rows(rows: Sequence[Any]) -> pd.DataFrame:
+def _frame_from_rows(rows: Sequence[Any], task: TaskSpec) -> pd.DataFrame:
     import pandas as pd
 
+    columns = list(task.input_columns)
     if not rows:
-        return pd.DataFrame(columns=["text1", "text2", "label"])
+        return pd.DataFrame(columns=columns)
     first = rows[0]
     if isinstance(first, dict):
         return pd.DataFrame(list(rows))
     if isinstance(first, (tuple, list)):
         widths = {len(r) for r in rows}
-        if widths == {3}:
-            return pd.DataFrame([tuple(r) for r in rows], columns=["text1", "text2", "label"])
-        if widths == {5}:
-            return pd.DataFrame([tuple(r) for r in rows], columns=["text1", "text2", "label", "id1", "id2"])
-        raise DataError("rows have the wrong number of fields", field="data.source", expected="(text1, text2, label) or (text1, text2, label, id1, id2) tuples", found=f"lengths {sorted(widths)}")
+        layouts = {len(columns): columns, len(columns) + len(task.id_columns): [*columns, *task.id_columns.values()]}
+        if task.name == "retrieval":
+            layouts[3] = [*columns, "negative"]
+        if len(widths) == 1 and next(iter(widths)) in layouts:
+            return pd.DataFrame([tuple(r) for r in rows], columns=layouts[next(iter(widths))])
+        shapes = " or ".join("(" + ", ".join(v) + ")" for v in layouts.values())
+        raise DataError("rows have the wrong number of fields", field="data.source", expected=f"{shapes} tuples", found=f"lengths {sorted(widths)}")
     raise DataError("unsupported row type", field="data.source", expected="dicts or tuples", found=type(first).__name__)
 
 
@@ -452,20 +504,9 @@ def _read_file(path: Path, fmt: str) -> pd.DataFrame:
 def _read_jsonl(path: Path) -> pd.DataFrame:
     import pandas as pd
 
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"broken JSON on line {lineno} of {path.name}: {exc.msg}", field=f"line {lineno}", expected="one JSON object per line", found=line.strip()[:60]) from None
-            if not isinstance(rec, dict):
-                raise DataError(f"line {lineno} of {path.name} is not an object", field=f"line {lineno}", expected="a JSON object", found=type(rec).__name__)
-            records.append(rec)
-    return pd.DataFrame(records)
+    from embedft.convert import read_jsonl_records
+
+    return pd.DataFrame(read_jsonl_records(path))
 
 
 def _load_hub(name: str, config: str | None, split: str) -> pd.DataFrame:
@@ -534,31 +575,80 @@ def _parse_label(value: Any, row: int) -> int:
 MAX_TEXT_CHARS = 100_000
 
 
-def _clean(frame: pd.DataFrame, label_type: str) -> tuple[pd.DataFrame, dict[str, int]]:
+def _normalise_scores(frame: pd.DataFrame, given: tuple[float, float] | None) -> tuple[pd.DataFrame, tuple[float, float], str]:
+    """Scores to floats in [0, 1] from the given range, or one inferred from the data (0-1, 0-5, 0-10, 0-100, else min-max)."""
+    import pandas as pd
+
+    values = pd.to_numeric(frame["label"], errors="coerce")
+    bad = values.isna() & frame["label"].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+        raise DataError(f"invalid score in row {row}", field="score", expected="a number", found=repr(frame["label"].iloc[row - 1]))
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 1
+        raise DataError(f"missing score in row {row}", field="score", expected="a number", found="an empty value")
+    lo_seen, hi_seen = float(values.min()), float(values.max())
+    if given is not None:
+        lo, hi = given
+        outside = (values < lo) | (values > hi)
+        if outside.any():
+            row = int(np.flatnonzero(outside.to_numpy())[0]) + 1
+            raise DataError(
+                f"score outside the declared range in row {row} ({int(outside.sum())} rows in all)",
+                field="data.score_range",
+                expected=f"scores in [{lo:g}, {hi:g}]",
+                found=f"{values.iloc[row - 1]:g} (data range [{lo_seen:g}, {hi_seen:g}])",
+            )
+        source = "given"
+    else:
+        lo, hi = next(((0.0, top) for top in (1.0, 5.0, 10.0, 100.0) if lo_seen >= 0 and hi_seen <= top), (lo_seen, hi_seen))
+        if hi <= lo:
+            raise DataError("all scores are equal; cannot infer a score range", field="data.score_range", expected="[low, high] (set data.score_range)", found=f"every score is {lo_seen:g}")
+        source = "inferred"
+    out = frame.copy()
+    out["label"] = ((values - lo) / (hi - lo)).astype(float)
+    return out, (float(lo), float(hi)), source
+
+
+def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str, int]]:
     counts = dict(dropped_missing_text=0, dropped_empty_text=0, dropped_self_pairs=0, dropped_duplicates=0, conflicting_duplicates=0)
-    has_ids = "id1" in frame.columns
-    seen: dict[tuple[str, str], int] = {}
+    text_cols = list(task.text_columns)
+    extra_texts = [c for c in ("negative",) if c in frame.columns and c not in text_cols]
+    id_cols = [c for c in task.id_columns.values() if c in frame.columns]
+    has_label = task.label_type != "none"
+    seen: dict[tuple[str, ...], int] = {}
     keep_rows: list[dict[str, Any]] = []
     for i, rec in enumerate(frame.to_dict("records")):
         row = i + 1
-        t1, t2 = rec["text1"], rec["text2"]
-        if label_type == "binary":
+        label = None
+        if task.label_type == "binary":
             raw_label = rec["label"]
             if raw_label is None or (isinstance(raw_label, float) and np.isnan(raw_label)):
                 raise DataError(f"missing label in row {row}", field="label", expected="0/1, true/false or '0'/'1'", found="an empty value")
             label = _parse_label(raw_label, row)
-        else:  # pragma: no cover - other label types arrive with their tasks
-            label = rec.get("label")
-        if _missing(t1) or _missing(t2):
+        elif task.label_type == "score":
+            label = float(rec["label"])
+        texts = [rec[c] for c in text_cols]
+        if any(_missing(t) for t in texts):
             counts["dropped_missing_text"] += 1
             continue
-        if not isinstance(t1, str) or not isinstance(t2, str):
-            raise DataError(f"text is not a string in row {row}", field="text1" if not isinstance(t1, str) else "text2", expected="a string", found=type(t1 if not isinstance(t1, str) else t2).__name__)
-        t1, t2 = t1.strip(), t2.strip()
-        if not t1 or not t2:
+        for role, text in zip(text_cols, texts, strict=True):
+            if not isinstance(text, str):
+                raise DataError(f"text is not a string in row {row}", field=role, expected="a string", found=type(text).__name__)
+        texts = [t.strip() for t in texts]
+        if not all(texts):
             counts["dropped_empty_text"] += 1
             continue
-        for role, text in (("text1", t1), ("text2", t2)):
+        extras = {}
+        for role in extra_texts:
+            value = rec[role]
+            if _missing(value) or (isinstance(value, str) and not value.strip()):
+                extras[role] = None
+            elif not isinstance(value, str):
+                raise DataError(f"text is not a string in row {row}", field=role, expected="a string", found=type(value).__name__)
+            else:
+                extras[role] = value.strip()
+        for role, text in [*zip(text_cols, texts, strict=True), *((r, t) for r, t in extras.items() if t)]:
             if len(text) > MAX_TEXT_CHARS:
                 raise DataError(
                     f"text too long in row {row} (an unclosed quote in a CSV file?)",
@@ -566,25 +656,37 @@ def _clean(frame: pd.DataFrame, label_type: str) -> tuple[pd.DataFrame, dict[str
                     expected=f"at most {MAX_TEXT_CHARS} characters",
                     found=f"{len(text)} characters starting {text[:40]!r}",
                 )
-        n1, n2 = normalize_text(t1), normalize_text(t2)
-        if n1 == n2 or (has_ids and not _missing(rec["id1"]) and str(rec["id1"]) == str(rec["id2"])):
+        norms = [normalize_text(t) for t in texts]
+        ids = {c: (None if _missing(rec[c]) else str(rec[c])) for c in id_cols}
+        same_ids = task.symmetric and len(ids) == 2 and None not in ids.values() and len(set(ids.values())) == 1
+        if norms[0] == norms[1] or same_ids:
             counts["dropped_self_pairs"] += 1
             continue
-        key = (n1, n2) if n1 <= n2 else (n2, n1)
+        negative = norms[2] if "negative" in text_cols else (normalize_text(extras["negative"]) if extras.get("negative") else None)
+        if negative is not None and negative in norms[:2]:
+            clash = "positive" if negative == norms[1] else text_cols[0]
+            raise DataError(
+                f"negative equals the {clash} in row {row}",
+                field="negative",
+                expected=f"a negative different from the {clash}",
+                found=repr((extras.get("negative") or texts[-1])[:60]),
+            )
+        key = tuple(sorted(norms)) if task.symmetric else tuple(norms)
         if key in seen:
             counts["dropped_duplicates"] += 1
-            if keep_rows[seen[key]]["label"] != label:
+            if has_label and keep_rows[seen[key]]["label"] != label:
                 counts["conflicting_duplicates"] += 1
             continue
         seen[key] = len(keep_rows)
-        out = {"text1": t1, "text2": t2, "label": label}
-        if has_ids:
-            out["id1"] = None if _missing(rec["id1"]) else str(rec["id1"])
-            out["id2"] = None if _missing(rec["id2"]) else str(rec["id2"])
+        out: dict[str, Any] = dict(zip(text_cols, texts, strict=True))
+        out.update(extras)
+        if has_label:
+            out["label"] = label
+        out.update(ids)
         keep_rows.append(out)
     import pandas as pd
 
-    columns = ["text1", "text2", "label"] + (["id1", "id2"] if has_ids else [])
+    columns = text_cols + extra_texts + (["label"] if has_label else []) + id_cols
     return pd.DataFrame(keep_rows, columns=columns), counts
 
 
@@ -592,9 +694,42 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
+def _with_corpus(frame: pd.DataFrame, corpus: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Retrieval: query and document ids on every row, and the corpus every split retrieves from.
+
+    With a BEIR corpus, it is used as is. From (query, positive[, negative]) rows the corpus
+    is every distinct positive and negative text; ids are given ones or assigned by text.
+    """
+    import pandas as pd
+
+    frame = frame.copy()
+    if "query_id" not in frame.columns or frame["query_id"].isna().any():
+        ids: dict[str, str] = {}
+        frame["query_id"] = [ids.setdefault(normalize_text(q), f"q{len(ids)}") for q in frame["query"]]
+    if corpus is not None:
+        return frame, corpus[["doc_id", "text"]].reset_index(drop=True)
+    by_text: dict[str, str] = {}
+    if "doc_id" in frame.columns and frame["doc_id"].notna().all():
+        for d, t in zip(frame["doc_id"], frame["positive"], strict=True):
+            by_text.setdefault(t, str(d))
+    else:
+        frame["doc_id"] = None
+    texts = list(dict.fromkeys([*frame["positive"], *(frame["negative"].dropna() if "negative" in frame.columns else [])]))
+    taken = set(by_text.values())
+    for t in texts:
+        if t not in by_text:
+            n = len(by_text)
+            while f"d{n}" in taken:
+                n += 1
+            by_text[t] = f"d{n}"
+            taken.add(by_text[t])
+    frame["doc_id"] = [by_text[t] for t in frame["positive"]]
+    return frame, pd.DataFrame({"doc_id": list(by_text.values()), "text": list(by_text.keys())})
+
+
 # ---------------------------------------------------------------------- splitting
-def _components(frame: pd.DataFrame) -> np.ndarray:
-    """Connected-component id per pair: texts (normalised) and ids linked by any pair."""
+def _components(frame: pd.DataFrame, task: TaskSpec) -> np.ndarray:
+    """Connected-component id per row: its group texts (normalised) and their ids, linked by any row."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -611,24 +746,35 @@ def _components(frame: pd.DataFrame) -> np.ndarray:
         if ra != rb:
             parent[ra] = rb
 
-    has_ids = "id1" in frame.columns
-    for rec in frame.itertuples(index=False):
-        a, b = "t:" + normalize_text(rec.text1), "t:" + normalize_text(rec.text2)
-        union(a, b)
-        if has_ids:
-            if rec.id1 is not None:
-                union(a, "i:" + rec.id1)
-            if rec.id2 is not None:
-                union(b, "i:" + rec.id2)
-    roots = [find("t:" + normalize_text(t)) for t in frame["text1"]]
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
+    cols = list(task.group_columns)
+    id_of = {c: task.id_columns[c] for c in cols if c in task.id_columns and task.id_columns[c] in frame.columns}
+    texts = {c: ["t:" + normalize_text(t) for t in frame[c]] for c in cols}
+    ids = {c: frame[i].tolist() for c, i in id_of.items()}
+    for r in range(len(frame)):
+        first = texts[cols[0]][r]
+        find(first)
+        for c in cols[1:]:
+            union(first, texts[c][r])
+        for c, values in ids.items():
+            if values[r] is not None:
+                union(texts[c][r], f"i:{c}:{values[r]}" if not task.symmetric else "i:" + str(values[r]))
+    roots = [find(t) for t in texts[cols[0]]]
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(r, len(index)) for r in roots], dtype=np.int64)
 
 
-def _assign_splits(frame: pd.DataFrame, ratios: dict[str, float], seed: int) -> np.ndarray:
-    """Assign whole components to splits, matching pair counts and label balance per split."""
+def _balance_key(frame: pd.DataFrame, task: TaskSpec) -> np.ndarray:
+    """What splits and caps keep in proportion: the 0/1 label, score >= 0.5, or nothing."""
+    if task.label_type == "binary":
+        return frame["label"].to_numpy(dtype=np.int64)
+    if task.label_type == "score":
+        return (frame["label"].to_numpy(dtype=np.float64) >= 0.5).astype(np.int64)
+    return np.zeros(len(frame), dtype=np.int64)
+
+
+def _assign_splits(frame: pd.DataFrame, ratios: dict[str, float], seed: int, labels: np.ndarray) -> np.ndarray:
+    """Assign whole components to splits, matching row counts and the balance of ``labels`` (0/1) per split."""
     comp = frame["component"].to_numpy()
-    labels = frame["label"].to_numpy(dtype=np.int64)
     n_comp = int(comp.max()) + 1
     size = np.bincount(comp, minlength=n_comp)
     pos = np.bincount(comp, weights=labels, minlength=n_comp)
@@ -656,24 +802,25 @@ def _assign_splits(frame: pd.DataFrame, ratios: dict[str, float], seed: int) -> 
     return np.array(names, dtype=object)[where[comp]]
 
 
-def _check_splittable(frames: dict[str, pd.DataFrame], n_components: int) -> None:
+def _check_splittable(frames: dict[str, pd.DataFrame], n_components: int, task: TaskSpec) -> None:
+    binary = task.label_type == "binary"
     for name, f in frames.items():
-        labels = set(f["label"].tolist())
-        need = {0, 1} if name in ("dev", "test") else set()
+        labels = set(f["label"].tolist()) if binary else set()
+        need = {0, 1} if name in ("dev", "test") and binary else set()
         if f.empty or not need <= labels:
             raise DataError(
                 f"too few groups of linked texts to make a {name} split"
                 + ("" if f.empty else " with both labels"),
                 field=f"data.splits.{name}",
-                expected="enough independent groups for non-empty train/dev/test splits with both labels in dev and test",
+                expected="enough independent groups for non-empty train/dev/test splits" + (" with both labels in dev and test" if binary else ""),
                 found=f"{n_components} group(s); {name} got {len(f)} pair(s), labels {sorted(labels)}",
                 hint="add more data or change data.splits",
             )
 
 
-def _stratified_cap(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+def _stratified_cap(frame: pd.DataFrame, cap: int, seed: int, task: TaskSpec) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    labels = frame["label"].to_numpy()
+    labels = _balance_key(frame, task)
     chosen = []
     n_pos = int(round(cap * labels.mean()))
     for value, n in ((1, n_pos), (0, cap - n_pos)):
@@ -683,23 +830,22 @@ def _stratified_cap(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     return frame.iloc[keep].reset_index(drop=True)
 
 
-def _stats(frame: pd.DataFrame) -> SplitStats:
-    n, p = len(frame), int(frame["label"].sum())
-    return SplitStats(
-        pairs=n,
-        positives=p,
-        negatives=n - p,
-        positive_rate=p / n if n else 0.0,
-        components=int(frame["component"].nunique()),
-        texts=len(_texts(frame)),
-    )
+def _stats(frame: pd.DataFrame, task: TaskSpec) -> SplitStats:
+    n = len(frame)
+    extra: dict[str, Any] = {}
+    if task.label_type == "binary":
+        p = int(frame["label"].sum())
+        extra = {"positives": p, "negatives": n - p, "positive_rate": p / n if n else 0.0}
+    elif task.label_type == "score":
+        extra = {"mean_score": float(frame["label"].mean()) if n else 0.0}
+    return SplitStats(pairs=n, components=int(frame["component"].nunique()), texts=len(_texts(frame, task.text_columns)), **extra)
 
 
-def _texts(frame: pd.DataFrame) -> set[str]:
-    return {normalize_text(t) for t in frame["text1"]} | {normalize_text(t) for t in frame["text2"]}
+def _texts(frame: pd.DataFrame, columns: Sequence[str]) -> set[str]:
+    return {normalize_text(t) for c in columns for t in frame[c]}
 
 
-def _leakage(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
-    texts = {n: _texts(f) for n, f in frames.items()}
+def _leakage(frames: dict[str, pd.DataFrame], columns: Sequence[str]) -> dict[str, int]:
+    texts = {n: _texts(f, columns) for n, f in frames.items()}
     return {f"{a}/{b}": len(texts[a] & texts[b]) for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"))}
 

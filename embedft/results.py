@@ -7,8 +7,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from embedft.data import DataReport
+from embedft.mining import MiningReport
 
-__all__ = ["EvalReport", "TrainResult"]
+__all__ = ["EvalReport", "MatryoshkaRow", "TrainResult"]
 
 
 class EvalReport(BaseModel):
@@ -21,11 +22,23 @@ class EvalReport(BaseModel):
 
     @property
     def dev_score(self) -> float:
+        """The primary metric on dev."""
         return self.dev[self.primary_metric]
 
     @property
     def test_score(self) -> float:
+        """The primary metric on test (at dev-chosen thresholds where it needs one)."""
         return self.test[self.primary_metric]
+
+
+class MatryoshkaRow(BaseModel):
+    """Quality at one truncated embedding size: bytes per float32 vector and the primary metric."""
+
+    dimension: int
+    bytes_per_vector: int
+    dev: float
+    test: float | None = None
+    base_test: float | None = None
 
 
 class TrainResult(BaseModel):
@@ -49,6 +62,9 @@ class TrainResult(BaseModel):
     config_path: Path
     metrics_path: Path
     data: DataReport
+    matryoshka: list[MatryoshkaRow] = []
+    mining: MiningReport | None = None
+    frozen_cache: dict[str, float] | None = None
 
     def improvement(self, metric: str | None = None, split: str = "test") -> float:
         """after - before for ``metric`` (the primary one by default) on ``split``."""
@@ -59,7 +75,9 @@ class TrainResult(BaseModel):
 
     def summary(self) -> str:
         """A before/after table of the test metrics."""
-        keys = ["cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"]
+        from embedft.tasks import get_task
+
+        keys = list(get_task(self.task).report_metrics)
         split = "test" if self.after.test else "dev"
         after = getattr(self.after, split)
         before = getattr(self.before, split) if self.before is not None else {}
@@ -73,7 +91,15 @@ class TrainResult(BaseModel):
                 lines.append(f"{k:<18} {'-':>8} {a:>10.4f} {'':>8}")
         lines.append(
             f"trained {self.train_pairs} pairs, {self.train_steps} steps in {self.train_seconds:.1f}s "
-            f"({self.train_pairs_per_second:.1f} pairs/s on {self.device}); thresholds chosen on dev"
+            f"({self.train_pairs_per_second:.1f} rows/s on {self.device}); any threshold chosen on dev"
         )
+        if self.matryoshka:
+            lines.append(f"{'dimension':>9} {'bytes':>6} {'base test':>9} {'test':>8} {'dev':>8}   ({self.after.primary_metric})")
+            for row in self.matryoshka:
+                base = f"{row.base_test:.4f}" if row.base_test is not None else "-"
+                test = f"{row.test:.4f}" if row.test is not None else "-"
+                lines.append(f"{row.dimension:>9} {row.bytes_per_vector:>6} {base:>9} {test:>8} {row.dev:>8.4f}")
+        if self.mining is not None:
+            lines.append(self.mining.summary())
         lines.append(f"model: {self.model_path}")
         return "\n".join(lines)

@@ -10,6 +10,8 @@ sentence-transformers only when called, so this module stays light::
     ('OnlineContrastiveLoss', 'cosine_ap', True)
     >>> sorted(task.losses)
     ['CoSENTLoss', 'ContrastiveLoss', 'MultipleNegativesRankingLoss', 'OnlineContrastiveLoss']
+    >>> sorted(TASKS)
+    ['pair-classification', 'paraphrase-mining', 'retrieval', 'sts', 'triplets']
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LossSpec", "TaskSpec", "TASKS", "get_task", "register_task"]
 
-# The training-data layouts a loss can ask for. ``labelled-pairs`` gives
-# (sentence1, sentence2, label); ``positive-pairs`` gives (anchor, positive) built from
-# the positive pairs, plus ``negative`` when hard negatives are asked for.
-InputFormat = Literal["labelled-pairs", "positive-pairs"]
+# The training-data layouts a loss can ask for:
+# ``labelled-pairs``  (sentence1, sentence2, label) with 0/1 labels;
+# ``scored-pairs``    (sentence1, sentence2, score) with scores in [0, 1];
+# ``positive-pairs``  (anchor, positive[, negative...]): in-batch negatives, plus hard negatives
+#                     (labelled, given or mined) as extra columns;
+# ``triplets``        (anchor, positive, negative): exactly one negative per row.
+InputFormat = Literal["labelled-pairs", "scored-pairs", "positive-pairs", "triplets"]
+# Per task, how a split frame becomes the loss's training columns:
+# ``(frame, loss_spec, hard_negatives, seed) -> {column: values}``.
+TrainColumns = Callable[..., dict[str, list[Any]]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class LossSpec:
     description: str
     uses_hard_negatives: bool = False
     uses_in_batch_negatives: bool = False
+    needs_guide: bool = False
 
     def build(self, model: SentenceTransformer, **kwargs: Any):
         """Instantiate the loss for ``model``; ``kwargs`` go to the loss constructor."""
@@ -61,9 +70,14 @@ class LossSpec:
 class TaskSpec:
     """One task: input columns, label type, losses, evaluator and primary metric.
 
-    ``evaluator_factory(dev_frame, name, batch_size)`` gives the sentence-transformers
-    evaluator used during training; ``evaluate(model, dev, test, batch_size)`` gives the
-    before/after report, choosing any threshold on dev only.
+    ``input_columns`` are the roles every row must have (``text1, text2, label`` for pair
+    classification); ``optional_columns`` may be present (ids, a negative). ``text_columns``
+    are the roles holding texts; ``group_columns`` are the texts (and ``id_columns`` their
+    ids) that link rows into groups that never cross splits. ``evaluator_factory(dev, name,
+    batch_size, corpus)`` gives the sentence-transformers evaluator used during training;
+    ``evaluate(model, dev, test, batch_size, show_progress, corpus)`` gives the
+    before/after report, choosing any threshold on dev only. ``train_columns`` turns a split
+    into the columns of a loss's input format.
     """
 
     name: str
@@ -75,8 +89,17 @@ class TaskSpec:
     evaluator_factory: Callable[..., Any]
     evaluate: Callable[..., dict[str, dict[str, float]]]
     primary_metric: str
+    train_columns: TrainColumns
     greater_is_better: bool = True
     column_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    optional_columns: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ("text1", "text2")
+    group_columns: tuple[str, ...] = ("text1", "text2")
+    id_columns: Mapping[str, str] = field(default_factory=dict)
+    symmetric: bool = True
+    uses_corpus: bool = False
+    supports_mining: bool = False
+    report_metrics: tuple[str, ...] = ()
 
     def loss(self, name: str | None) -> LossSpec:
         """The loss spec called ``name`` (the default when None)."""
@@ -89,6 +112,11 @@ class TaskSpec:
                 found=key,
             )
         return self.losses[key]
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every column role this task reads (required and optional)."""
+        return (*self.input_columns, *self.optional_columns)
 
 
 # --------------------------------------------------------------------------- losses
@@ -116,8 +144,40 @@ def _mnrl(model, **kw):
     return MultipleNegativesRankingLoss(model, **kw)
 
 
-# ------------------------------------------------------------------ pair evaluation
-def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int):
+def _cached_mnrl(model, **kw):
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    return CachedMultipleNegativesRankingLoss(model, **kw)
+
+
+def _gist(model, guide=None, **kw):
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
+
+    if guide is None:
+        raise ConfigError("GISTEmbedLoss needs a guide model", field="training.guide_model", expected="a model id or path", found=None)
+    return GISTEmbedLoss(model, guide, **kw)
+
+
+def _angle(model, **kw):
+    from sentence_transformers.sentence_transformer.losses import AnglELoss
+
+    return AnglELoss(model, **kw)
+
+
+def _cosine_similarity(model, **kw):
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+
+    return CosineSimilarityLoss(model, **kw)
+
+
+def _triplet(model, **kw):
+    from sentence_transformers.sentence_transformer.losses import TripletLoss
+
+    return TripletLoss(model, **kw)
+
+
+# ------------------------------------------------------------------ evaluators (training-time)
+def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
     from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
 
     return BinaryClassificationEvaluator(
@@ -131,11 +191,172 @@ def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int):
     )
 
 
-def _pair_evaluate(model, dev, test, batch_size: int, show_progress: bool = False):
+def _sts_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    return EmbeddingSimilarityEvaluator(
+        dev["text1"].tolist(), dev["text2"].tolist(), [float(v) for v in dev["label"]],
+        batch_size=batch_size, name=name, write_csv=False, similarity_fn_names=["cosine"], main_similarity="cosine",
+    )
+
+
+def _triplet_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+    from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator
+
+    return TripletEvaluator(
+        dev["anchor"].tolist(), dev["positive"].tolist(), dev["negative"].tolist(),
+        name=name, batch_size=batch_size, write_csv=False, similarity_fn_names=["cosine"], main_similarity_function="cosine",
+    )
+
+
+def _retrieval_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    if corpus is None:  # pragma: no cover - built datasets of this task always carry one
+        raise ConfigError("retrieval evaluation needs the corpus", field="corpus", expected="a corpus frame", found=None)
+    queries = {str(q): t for q, t in zip(dev["query_id"], dev["query"], strict=True)}
+    relevant: dict[str, set[str]] = {}
+    for q, d in zip(dev["query_id"], dev["doc_id"], strict=True):
+        relevant.setdefault(str(q), set()).add(str(d))
+    docs = {str(d): t for d, t in zip(corpus["doc_id"], corpus["text"], strict=True)}
+    return InformationRetrievalEvaluator(
+        queries, docs, relevant, name=name, batch_size=batch_size, write_csv=False,
+        score_functions={"cosine": _cos_sim()}, main_score_function="cosine",
+        accuracy_at_k=[1, 5, 10], precision_recall_at_k=[1, 5, 10, 100],
+    )
+
+
+def _cos_sim():
+    from sentence_transformers.util import cos_sim
+
+    return cos_sim
+
+
+def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+    from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator
+
+    texts = list(dict.fromkeys([*dev["text1"], *dev["text2"]]))
+    ids = {t: str(i) for i, t in enumerate(texts)}
+    positives = dev[dev["label"] == 1]
+    return ParaphraseMiningEvaluator(
+        {i: t for t, i in ids.items()},
+        duplicates_list=[(ids[a], ids[b]) for a, b in zip(positives["text1"], positives["text2"], strict=True)],
+        add_transitive_closure=True, top_k=25, batch_size=batch_size, name=name, write_csv=False,
+    )
+
+
+# ------------------------------------------------------------------ evaluation (before/after reports)
+def _pair_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
     from embedft.metrics import evaluate_pair_classification
 
     return evaluate_pair_classification(model, dev, test, batch_size=batch_size, show_progress=show_progress)
 
+
+def _sts_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+    from embedft.metrics import evaluate_sts
+
+    return evaluate_sts(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+
+
+def _triplet_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+    from embedft.metrics import evaluate_triplets
+
+    return evaluate_triplets(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+
+
+def _retrieval_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+    from embedft.metrics import evaluate_retrieval
+
+    return evaluate_retrieval(model, dev, test, corpus, batch_size=batch_size, show_progress=show_progress)
+
+
+def _mining_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+    from embedft.metrics import evaluate_paraphrase_mining
+
+    return evaluate_paraphrase_mining(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+
+
+# ------------------------------------------------------------------ training columns
+def _mined(frame: pd.DataFrame) -> list[str]:
+    """Columns holding mined hard negatives (``mined_1..k``), added by hard-negative mining."""
+    return sorted((c for c in frame.columns if c.startswith("mined_")), key=lambda c: int(c.split("_")[1]))
+
+
+def _with_negatives(data: dict[str, list[Any]], negatives: list[list[str]], loss: LossSpec) -> dict[str, list[Any]]:
+    """Add negative columns; a one-negative loss gets one row per (anchor, positive, negative)."""
+    if not negatives:
+        return data
+    if loss.input_format == "triplets":
+        anchors, positives, negs = [], [], []
+        for column in negatives:
+            anchors += data["anchor"]
+            positives += data["positive"]
+            negs += column
+        return {"anchor": anchors, "positive": positives, "negative": negs}
+    if len(negatives) == 1:
+        return {**data, "negative": negatives[0]}
+    return {**data, **{f"negative_{i + 1}": col for i, col in enumerate(negatives)}}
+
+
+def _pair_train_columns(frame: pd.DataFrame, loss: LossSpec, hard_negatives: bool, seed: int) -> dict[str, list[Any]]:
+    if loss.input_format == "labelled-pairs":
+        return {"sentence1": frame["text1"].tolist(), "sentence2": frame["text2"].tolist(), "label": frame["label"].astype(float).tolist()}
+    from embedft.convert import pairs_to_triplets
+
+    positives = frame[frame["label"] == 1]
+    data: dict[str, list[Any]] = {"anchor": positives["text1"].tolist(), "positive": positives["text2"].tolist()}
+    negatives = []
+    if hard_negatives:
+        triplets = pairs_to_triplets(frame, seed=seed)
+        negatives.append(triplets["negative"].tolist())
+    negatives += [positives[c].tolist() for c in _mined(frame)]
+    return _with_negatives(data, negatives, loss)
+
+
+def _sts_train_columns(frame: pd.DataFrame, loss: LossSpec, hard_negatives: bool, seed: int) -> dict[str, list[Any]]:
+    return {"sentence1": frame["text1"].tolist(), "sentence2": frame["text2"].tolist(), "score": frame["label"].astype(float).tolist()}
+
+
+def _triplet_train_columns(frame: pd.DataFrame, loss: LossSpec, hard_negatives: bool, seed: int) -> dict[str, list[Any]]:
+    data = {"anchor": frame["anchor"].tolist(), "positive": frame["positive"].tolist()}
+    return _with_negatives(data, [frame["negative"].tolist()] + [frame[c].tolist() for c in _mined(frame)], loss)
+
+
+def _retrieval_train_columns(frame: pd.DataFrame, loss: LossSpec, hard_negatives: bool, seed: int) -> dict[str, list[Any]]:
+    data = {"anchor": frame["query"].tolist(), "positive": frame["positive"].tolist()}
+    negatives = []
+    if "negative" in frame.columns and frame["negative"].notna().all():
+        negatives.append(frame["negative"].tolist())
+    negatives += [frame[c].tolist() for c in _mined(frame)]
+    return _with_negatives(data, negatives, loss)
+
+
+# ------------------------------------------------------------------ loss tables
+_MNRL = LossSpec(
+    "MultipleNegativesRankingLoss",
+    _mnrl,
+    "positive-pairs",
+    "In-batch negatives: each anchor must rank its positive above every other positive (and any hard negative) in the batch.",
+    uses_hard_negatives=True,
+    uses_in_batch_negatives=True,
+)
+_CACHED_MNRL = LossSpec(
+    "CachedMultipleNegativesRankingLoss",
+    _cached_mnrl,
+    "positive-pairs",
+    "MultipleNegativesRankingLoss with gradient caching: large batches (more in-batch negatives) at a fixed memory cost.",
+    uses_hard_negatives=True,
+    uses_in_batch_negatives=True,
+)
+_GIST = LossSpec(
+    "GISTEmbedLoss",
+    _gist,
+    "positive-pairs",
+    "In-batch negatives filtered by a guide model, so likely false negatives are not pushed away (needs training.guide_model).",
+    uses_hard_negatives=True,
+    uses_in_batch_negatives=True,
+    needs_guide=True,
+)
 
 _PAIR_LOSSES = {
     "OnlineContrastiveLoss": LossSpec(
@@ -164,6 +385,32 @@ _PAIR_LOSSES = {
         uses_hard_negatives=True,
         uses_in_batch_negatives=True,
     ),
+}
+
+_STS_LOSSES = {
+    "CoSENTLoss": LossSpec("CoSENTLoss", _cosent, "scored-pairs", "Ranks pairs by cosine similarity in the order of their gold scores (the default)."),
+    "AnglELoss": LossSpec("AnglELoss", _angle, "scored-pairs", "CoSENT on angle differences in complex space; avoids cosine saturation."),
+    "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", _cosine_similarity, "scored-pairs", "Mean squared error between cosine similarity and the gold score in [0, 1]."),
+}
+
+_TRIPLET_LOSSES = {
+    "MultipleNegativesRankingLoss": _MNRL,
+    "CachedMultipleNegativesRankingLoss": _CACHED_MNRL,
+    "TripletLoss": LossSpec("TripletLoss", _triplet, "triplets", "The anchor must be closer to the positive than to the negative by a margin."),
+}
+
+_RETRIEVAL_LOSSES = {
+    "MultipleNegativesRankingLoss": _MNRL,
+    "CachedMultipleNegativesRankingLoss": _CACHED_MNRL,
+    "GISTEmbedLoss": _GIST,
+}
+
+_PAIR_ALIASES = {
+    "text1": ("question1", "sentence1", "text1", "sentence_A", "sentence_a", "q1", "text_a"),
+    "text2": ("question2", "sentence2", "text2", "sentence_B", "sentence_b", "q2", "text_b"),
+    "label": ("is_duplicate", "label", "labels", "is_paraphrase", "duplicate"),
+    "id1": ("qid1", "id1", "sid1"),
+    "id2": ("qid2", "id2", "sid2"),
 }
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -197,21 +444,142 @@ register_task(
             "threshold chosen on dev."
         ),
         input_columns=("text1", "text2", "label"),
+        optional_columns=("id1", "id2"),
+        id_columns=MappingProxyType({"text1": "id1", "text2": "id2"}),
         label_type="binary",
         default_loss="OnlineContrastiveLoss",
         losses=MappingProxyType(_PAIR_LOSSES),
         evaluator_factory=_pair_evaluator,
         evaluate=_pair_evaluate,
+        train_columns=_pair_train_columns,
         primary_metric="cosine_ap",
         greater_is_better=True,
+        column_aliases=MappingProxyType(_PAIR_ALIASES),
+        report_metrics=("cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="paraphrase-mining",
+        description=(
+            "Find the duplicates in a pool of texts (e.g. all questions of a forum). Input columns "
+            "as pair-classification: text1, text2, label (0/1). Trains on the pairs (MNRL on the "
+            "positives by default); evaluates by mining duplicates among all texts of the split: "
+            "average precision of the ranked candidate pairs against the labelled duplicates and "
+            "their transitive closure."
+        ),
+        input_columns=("text1", "text2", "label"),
+        optional_columns=("id1", "id2"),
+        id_columns=MappingProxyType({"text1": "id1", "text2": "id2"}),
+        label_type="binary",
+        default_loss="MultipleNegativesRankingLoss",
+        losses=MappingProxyType(_PAIR_LOSSES),
+        evaluator_factory=_mining_evaluator,
+        evaluate=_mining_evaluate,
+        train_columns=_pair_train_columns,
+        primary_metric="average_precision",
+        column_aliases=MappingProxyType(_PAIR_ALIASES),
+        report_metrics=("average_precision", "f1", "precision", "recall"),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="sts",
+        description=(
+            "Semantic textual similarity: how similar are two texts? Input columns: text1 (str), "
+            "text2 (str), score (number on any range; normalised to [0, 1] with data.score_range "
+            "or the inferred range, stated in the data report). Scored by the Spearman "
+            "correlation of cosine similarity with the gold scores."
+        ),
+        input_columns=("text1", "text2", "score"),
+        optional_columns=("id1", "id2"),
+        id_columns=MappingProxyType({"text1": "id1", "text2": "id2"}),
+        label_type="score",
+        default_loss="CoSENTLoss",
+        losses=MappingProxyType(_STS_LOSSES),
+        evaluator_factory=_sts_evaluator,
+        evaluate=_sts_evaluate,
+        train_columns=_sts_train_columns,
+        primary_metric="spearman_cosine",
         column_aliases=MappingProxyType(
             {
-                "text1": ("question1", "sentence1", "text1", "sentence_A", "sentence_a", "q1", "text_a"),
-                "text2": ("question2", "sentence2", "text2", "sentence_B", "sentence_b", "q2", "text_b"),
-                "label": ("is_duplicate", "label", "labels", "is_paraphrase", "duplicate"),
-                "id1": ("qid1", "id1", "sid1"),
-                "id2": ("qid2", "id2", "sid2"),
+                "text1": ("sentence1", "text1", "sentence_A", "sentence_a", "s1", "text_a"),
+                "text2": ("sentence2", "text2", "sentence_B", "sentence_b", "s2", "text_b"),
+                "score": ("score", "similarity", "relatedness_score", "relatedness", "label", "gold"),
+                "id1": ("id1", "sid1"),
+                "id2": ("id2", "sid2"),
             }
         ),
+        report_metrics=("spearman_cosine", "pearson_cosine"),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="triplets",
+        description=(
+            "Is the anchor closer to the positive than to the negative? Input columns: anchor, "
+            "positive, negative (str). Scored by triplet accuracy (cosine). A negative equal to "
+            "its positive or anchor is an error."
+        ),
+        input_columns=("anchor", "positive", "negative"),
+        text_columns=("anchor", "positive", "negative"),
+        group_columns=("anchor", "positive", "negative"),
+        label_type="none",
+        default_loss="MultipleNegativesRankingLoss",
+        losses=MappingProxyType(_TRIPLET_LOSSES),
+        evaluator_factory=_triplet_evaluator,
+        evaluate=_triplet_evaluate,
+        train_columns=_triplet_train_columns,
+        primary_metric="cosine_accuracy",
+        symmetric=False,
+        supports_mining=True,
+        column_aliases=MappingProxyType(
+            {
+                "anchor": ("anchor", "query", "sentence", "text"),
+                "positive": ("positive", "pos", "entailment"),
+                "negative": ("negative", "neg", "contradiction", "hard_negative"),
+            }
+        ),
+        report_metrics=("cosine_accuracy", "mean_margin"),
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="retrieval",
+        description=(
+            "Find the documents relevant to a query. Input: (query, positive[, negative]) rows, or a "
+            "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/*.tsv). Splits are disjoint by "
+            "query; every split retrieves from the whole corpus. Scored by nDCG@10 (also MRR@10, "
+            "MAP@100, recall@k)."
+        ),
+        input_columns=("query", "positive"),
+        optional_columns=("negative", "query_id", "doc_id"),
+        text_columns=("query", "positive"),
+        group_columns=("query",),
+        id_columns=MappingProxyType({"query": "query_id", "positive": "doc_id"}),
+        label_type="none",
+        default_loss="MultipleNegativesRankingLoss",
+        losses=MappingProxyType(_RETRIEVAL_LOSSES),
+        evaluator_factory=_retrieval_evaluator,
+        evaluate=_retrieval_evaluate,
+        train_columns=_retrieval_train_columns,
+        primary_metric="cosine_ndcg@10",
+        symmetric=False,
+        uses_corpus=True,
+        supports_mining=True,
+        column_aliases=MappingProxyType(
+            {
+                "query": ("query", "question", "anchor", "queries"),
+                "positive": ("positive", "passage", "document", "doc", "answer", "context", "pos"),
+                "negative": ("negative", "hard_negative", "neg"),
+                "query_id": ("query_id", "query-id", "qid"),
+                "doc_id": ("doc_id", "corpus-id", "corpus_id", "pid", "docid"),
+            }
+        ),
+        report_metrics=("cosine_ndcg@10", "cosine_mrr@10", "cosine_map@100", "cosine_recall@10", "cosine_recall@100"),
     )
 )

@@ -24,8 +24,8 @@ from typing import Any
 
 from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, _validate, load_config
 from embedft.data import BuiltDataset, DatasetBuilder
-from embedft.errors import ConfigError, OutputExistsError
-from embedft.results import EvalReport, TrainResult
+from embedft.errors import ConfigError, EmbedftError, ModelError, OutputExistsError
+from embedft.results import EvalReport, MatryoshkaRow, TrainResult
 from embedft.tasks import get_task
 
 __all__ = ["Trainer", "EvaluateHook"]
@@ -152,14 +152,22 @@ class Trainer:
         model = load_model(cfg.model, device, seed=cfg.training.seed)
         t_cfg = cfg.training
 
+        dims = _check_matryoshka_dims(t_cfg.matryoshka_dims, model)
         before = self._evaluate(model, built, evaluate_test) if baseline else None
+        base_by_dim = self._evaluate_dims(model, built, dims, evaluate_test) if baseline and dims else {}
         if before is not None:
             logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
 
+        mining = None
+        if cfg.data.mine_hard_negatives is not None:
+            from embedft.mining import mine_hard_negatives
+
+            built, mining = mine_hard_negatives(built, model, cfg.data.mine_hard_negatives)
+
         loss_spec = self.task.loss(t_cfg.loss)
         train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
-        loss = self._loss if self._loss is not None else loss_spec.build(model, **t_cfg.loss_kwargs)
-        evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size)
+        loss = self._loss if self._loss is not None else self._build_loss(loss_spec, model, device)
+        evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
@@ -176,6 +184,18 @@ class Trainer:
             model.eval()
             after = self._evaluate(model, built, evaluate_test)
             logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
+            matryoshka = []
+            for dim, report in self._evaluate_dims(model, built, dims, evaluate_test).items():
+                base = base_by_dim.get(dim)
+                matryoshka.append(
+                    MatryoshkaRow(
+                        dimension=dim,
+                        bytes_per_vector=4 * dim,
+                        dev=report.dev_score,
+                        test=report.test_score if report.test else None,
+                        base_test=base.test_score if base is not None and base.test else None,
+                    )
+                )
 
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
             model.save(str(tmp / "model"))
@@ -199,6 +219,8 @@ class Trainer:
                 config_path=out / "config.yaml",
                 metrics_path=out / "metrics.json",
                 data=built.report,
+                matryoshka=matryoshka,
+                mining=mining,
             )
             cfg.save(tmp / "config.yaml")
             (tmp / "metrics.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
@@ -220,8 +242,39 @@ class Trainer:
     def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> EvalReport:
         t_cfg = self.config.training
         test = built.test if evaluate_test else None
-        metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress)
+        metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress, built.corpus)
         return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
+
+    def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:
+        """The evaluation with embeddings truncated to each Matryoshka dimension."""
+        reports = {}
+        previous = model.truncate_dim
+        try:
+            for dim in dims:
+                model.truncate_dim = dim
+                reports[dim] = self._evaluate(model, built, evaluate_test)
+        finally:
+            model.truncate_dim = previous
+        return reports
+
+    def _build_loss(self, spec: Any, model: Any, device: str) -> Any:
+        """The configured loss for ``model``: the guide model loaded when needed, Matryoshka-wrapped when asked."""
+        t_cfg = self.config.training
+        kwargs = dict(t_cfg.loss_kwargs)
+        if spec.needs_guide:
+            from embedft.modeling import load_model
+
+            guide_cfg = ModelConfig(base_model=t_cfg.guide_model, max_seq_length=self.config.model.max_seq_length)
+            try:
+                kwargs["guide"] = load_model(guide_cfg, device)
+            except EmbedftError as exc:
+                raise ModelError(exc.message, field="training.guide_model", expected=exc.expected, found=t_cfg.guide_model) from None
+        loss = spec.build(model, **kwargs)
+        if t_cfg.matryoshka_dims:
+            from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+            loss = MatryoshkaLoss(model, loss, t_cfg.matryoshka_dims)
+        return loss
 
 
 # ---------------------------------------------------------------------- helpers
@@ -249,6 +302,21 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _check_matryoshka_dims(dims: list[int] | None, model: Any) -> list[int]:
+    if not dims:
+        return []
+    full = model.get_embedding_dimension()
+    too_big = [d for d in dims if d > full]
+    if too_big:
+        raise ConfigError(
+            "Matryoshka dimension larger than the model's embedding",
+            field="training.matryoshka_dims",
+            expected=f"dimensions <= {full}",
+            found=too_big,
+        )
+    return list(dims)
 
 
 def _seed_everything(seed: int) -> None:

@@ -84,6 +84,34 @@ def make_pairs(n_groups: int = 40, seed: int = 0) -> list[dict]:
     return rows
 
 
+def make_task_rows(task: str, n_groups: int = 30, seed: int = 0) -> list[dict]:
+    """A few dozen rows in the column layout of ``task``, in groups that share no text."""
+    import random
+
+    if task in ("pair-classification", "paraphrase-mining"):
+        return make_pairs(n_groups, seed)
+    rng = random.Random(seed)
+    topics = ["python", "rice", "sky", "europe", "retirement", "camera", "eggs", "guitar", "taxes", "running"]
+    rows: list[dict] = []
+    for g in range(n_groups):
+        t = topics[g % len(topics)]
+        a, b, c = f"how do i {t} thing {g}", f"what is the way to {t} thing {g}", f"why does {t} thing {g} fail"
+        if task == "sts":
+            rows.append({"sentence1": a, "sentence2": b, "score": round(rng.uniform(3.5, 5.0), 2)})
+            rows.append({"sentence1": b, "sentence2": c, "score": round(rng.uniform(0.0, 1.5), 2)})
+            rows.append({"sentence1": a, "sentence2": c + " today", "score": round(rng.uniform(1.5, 3.5), 2)})
+        elif task == "triplets":
+            rows.append({"anchor": a, "positive": b, "negative": c})
+            rows.append({"anchor": b + " please", "positive": a + " now", "negative": c + " today"})
+        elif task == "retrieval":
+            doc = f"a guide to {t} thing {g}: the way to {t} it well"
+            rows.append({"query": a, "positive": doc, "negative": f"the history of {t} thing {g + 1000}"})
+            rows.append({"query": b, "positive": doc + " (second edition)", "negative": f"a note on {t} number {g}"})
+        else:  # pragma: no cover
+            raise ValueError(task)
+    return rows
+
+
 @pytest.fixture
 def pairs() -> list[dict]:
     return make_pairs()

@@ -13,22 +13,22 @@ CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
 ERRORS = {"DataError": DataError, "ConfigError": ConfigError}
 
 
-def load(path: Path):
+def load(path: Path, task: str = "pair-classification", **data):
     if path.suffix in (".yaml", ".json"):
         return load_config(path, SearchConfig if path.name.startswith("search") else RunConfig)
-    return DatasetBuilder(source=str(path), cache=False).build()
+    return DatasetBuilder(source=str(path), cache=False, task=task, **data).build()
 
 
 def test_the_corpus_is_complete():
     files = {p.name for p in CORPUS.iterdir() if p.name != "cases.yaml"}
-    assert files == set(CASES) and len(files) >= 30
+    assert files == set(CASES) and len(files) >= 40
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_gives_a_clear_error(name):
     case = CASES[name]
     with pytest.raises(ERRORS[case["error"]]) as info:
-        load(CORPUS / name)
+        load(CORPUS / name, case.get("task", "pair-classification"), **case.get("data", {}))
     err = info.value
     assert err.field == case["field"], str(err)
     if "expected" in case:

@@ -173,7 +173,7 @@ def test_missing_label_is_an_error(tmp_path):
 
 
 def test_empty_after_cleaning():
-    with pytest.raises(DataError, match="no pairs left"):
+    with pytest.raises(DataError, match="no rows left"):
         build([("same", "same", 1), ("", "x", 0)])
 
 

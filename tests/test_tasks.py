@@ -1,37 +1,54 @@
 import pytest
 
-from embedft import TASKS, ConfigError, DatasetBuilder, get_task, register_task
+from embedft import TASKS, ConfigError, DatasetBuilder, Trainer, get_task, register_task
 from embedft.tasks import TaskSpec
 
-from conftest import DEMO_DATA
+from conftest import make_task_rows
 
 
-@pytest.fixture(scope="module")
-def demo_splits():
-    return DatasetBuilder(cache=False).build(str(DEMO_DATA))
+def _built(name):
+    return DatasetBuilder(task=name, cache=False, splits={"train": 0.6, "dev": 0.2, "test": 0.2}).build(make_task_rows(name))
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_task_entry_contract(name, tiny_model_path, demo_splits):
+def test_task_entry_contract(name, tiny_model_path, tmp_path):
+    """Every registered task: build -> every loss builds and gets its columns -> the training-time
+    evaluator agrees with the report -> train a few steps -> save -> reload gives the same metrics."""
     from sentence_transformers import SentenceTransformer
 
     task = get_task(name)
     assert task.default_loss in task.losses
     assert set(task.input_columns) <= set(task.column_aliases)
+    assert set(task.text_columns) <= set(task.input_columns)
+    built = _built(name)
+    assert sum(built.report.leakage.values()) == 0
     model = SentenceTransformer(tiny_model_path, device="cpu")
     for loss_name, spec in task.losses.items():
-        loss = spec.build(model)
+        loss = spec.build(model, **({"guide": model} if spec.needs_guide else {}))
         assert type(loss).__name__ == loss_name
-        ds = demo_splits.dataset("train", loss=loss_name)
+        ds = built.dataset("train", loss=loss_name)
         assert len(ds) > 0
-    evaluator = task.evaluator_factory(demo_splits.dev, "dev", 16)
+        expected = {"labelled-pairs": {"sentence1", "sentence2", "label"}, "scored-pairs": {"sentence1", "sentence2", "score"},
+                    "triplets": {"anchor", "positive", "negative"}, "positive-pairs": {"anchor", "positive"}}[spec.input_format]
+        assert expected <= set(ds.column_names)
+    evaluator = task.evaluator_factory(built.dev, "dev", 16, built.corpus)
     scores = evaluator(model)
     assert evaluator.primary_metric.endswith(task.primary_metric)
-    assert 0.0 <= scores[evaluator.primary_metric] <= 1.0
-    report = task.evaluate(model, demo_splits.dev, demo_splits.test, 16)
+    report = task.evaluate(model, built.dev, built.test, 16, False, built.corpus)
     assert task.primary_metric in report["dev"] and task.primary_metric in report["test"]
-    # The training-time evaluator and the report agree on dev.
-    assert report["dev"][task.primary_metric] == pytest.approx(scores[evaluator.primary_metric], abs=1e-4)
+    # The training-time evaluator and the report agree on dev. Mining ranks thousands of
+    # near-tied pairs from the random tiny model, where float rounding reorders ties
+    # (with MiniLM the two agree exactly), hence its wider tolerance.
+    tolerance = 0.01 if name == "paraphrase-mining" else 1e-4
+    assert report["dev"][task.primary_metric] == pytest.approx(scores[evaluator.primary_metric], abs=tolerance)
+
+    result = Trainer(task=name, data=built, base_model=tiny_model_path, output_dir=str(tmp_path / "run"),
+                     max_steps=3, batch_size=8, learning_rate=1e-3, progress=False).fit()
+    assert result.train_steps == 3 and result.before is not None
+    reloaded = SentenceTransformer(str(result.model_path), device="cpu")
+    again = task.evaluate(reloaded, built.dev, built.test, 16, False, built.corpus)
+    assert again["test"][task.primary_metric] == pytest.approx(result.after.test[task.primary_metric], abs=1e-5)
+    assert result.summary().count(task.primary_metric) >= 1
 
 
 def test_unknown_task_and_duplicate_registration():

@@ -1,0 +1,198 @@
+"""Conversions between data formats that tasks and losses need.
+
+- :func:`pairs_to_triplets`: labelled pairs -> (anchor, positive, negative), with the
+  labelled negatives of the anchor or positive as hard negatives where the data has them.
+- :func:`qrels_to_pairs`: retrieval judgements (corpus, queries, qrels) -> one
+  (query, positive document) row per relevant judgement.
+- :func:`load_beir`: a BEIR-style folder (``corpus.jsonl``, ``queries.jsonl``,
+  ``qrels/*.tsv``) -> the pairs and the corpus.
+
+Example::
+
+    >>> import pandas as pd
+    >>> pairs = pd.DataFrame({"text1": ["a", "a", "c"], "text2": ["b", "c", "d"], "label": [1, 0, 1]})
+    >>> pairs_to_triplets(pairs)[["anchor", "positive", "negative"]].values.tolist()[0]
+    ['a', 'b', 'c']
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedft.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["pairs_to_triplets", "qrels_to_pairs", "load_beir", "read_jsonl_records"]
+
+logger = logging.getLogger(__name__)
+
+
+def pairs_to_triplets(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """(anchor, positive, negative) rows, one per positive pair of ``frame`` (``text1, text2, label``).
+
+    The negative is a text labelled 0 against the anchor or the positive when the data has
+    one (a hard negative), else a random text from another group (``component`` column
+    when present). Column ``hard`` says which.
+    """
+    import pandas as pd
+
+    if frame.empty:
+        return pd.DataFrame(columns=["anchor", "positive", "negative", "hard"])
+    negatives = frame[frame["label"] == 0]
+    partners: dict[str, list[str]] = {}
+    for a, b in zip(negatives["text1"], negatives["text2"], strict=True):
+        partners.setdefault(a, []).append(b)
+        partners.setdefault(b, []).append(a)
+    positives = frame[frame["label"] == 1]
+    if "component" in frame.columns:
+        comp_of = {t: c for col in ("text1", "text2") for t, c in zip(frame[col], frame["component"], strict=True)}
+        comps = positives["component"].tolist()
+    else:
+        comp_of = {}
+        comps = [None] * len(positives)
+    rng = np.random.default_rng(seed)
+    texts = np.array(sorted(set(frame["text1"]) | set(frame["text2"])))
+    out, hard = [], []
+    for a, p, comp in zip(positives["text1"], positives["text2"], comps, strict=True):
+        options = partners.get(a, []) + partners.get(p, [])
+        if options:
+            out.append(options[int(rng.integers(len(options)))])
+            hard.append(True)
+            continue
+        cand = a
+        for _ in range(20):
+            cand = str(texts[int(rng.integers(len(texts)))])
+            if cand not in (a, p) and (comp is None or comp_of.get(cand) != comp):
+                break
+        out.append(cand)
+        hard.append(False)
+    return pd.DataFrame({"anchor": positives["text1"].tolist(), "positive": positives["text2"].tolist(), "negative": out, "hard": hard})
+
+
+def qrels_to_pairs(corpus: pd.DataFrame, queries: pd.DataFrame, qrels: pd.DataFrame, min_score: float = 1) -> tuple[pd.DataFrame, int]:
+    """(query_id, query, doc_id, positive) rows for every judgement with score >= ``min_score``.
+
+    ``corpus`` has ``doc_id, text``; ``queries`` has ``query_id, text``; ``qrels`` has
+    ``query_id, doc_id[, score]``. Judgements naming an unknown query or document, and
+    judged queries with no relevant document, are errors. Returns the pairs and the
+    number of queries that have no judgement at all (dropped: a BEIR queries file often
+    covers several splits).
+    """
+    import pandas as pd
+
+    doc_text = dict(zip(corpus["doc_id"].astype(str), corpus["text"], strict=True))
+    query_text = dict(zip(queries["query_id"].astype(str), queries["text"], strict=True))
+    qrels = qrels.assign(query_id=qrels["query_id"].astype(str), doc_id=qrels["doc_id"].astype(str))
+    for column, known, what in (("query_id", query_text, "queries"), ("doc_id", doc_text, "corpus")):
+        unknown = sorted(set(qrels[column]) - set(known))
+        if unknown:
+            raise DataError(
+                f"qrels name {len(unknown)} {column.replace('_', ' ')}(s) missing from the {what}",
+                field=f"qrels.{column}",
+                expected=f"ids present in the {what} file",
+                found=unknown[:5],
+            )
+    scores = pd.to_numeric(qrels["score"], errors="coerce") if "score" in qrels.columns else pd.Series(1.0, index=qrels.index)
+    if scores.isna().any():
+        row = int(np.flatnonzero(scores.isna().to_numpy())[0]) + 1
+        raise DataError(f"non-numeric relevance score in qrels row {row}", field="qrels.score", expected="a number", found=repr(qrels["score"].iloc[row - 1]))
+    relevant = qrels[scores.to_numpy() >= min_score]
+    judged = set(qrels["query_id"])
+    without = sorted(judged - set(relevant["query_id"]))
+    if without:
+        raise DataError(
+            f"{len(without)} judged quer{'y has' if len(without) == 1 else 'ies have'} no relevant document",
+            field="qrels.score",
+            expected=f"at least one judgement with score >= {min_score} per judged query",
+            found=f"query ids {without[:5]}",
+        )
+    pairs = pd.DataFrame(
+        {
+            "query_id": relevant["query_id"].tolist(),
+            "query": [query_text[q] for q in relevant["query_id"]],
+            "doc_id": relevant["doc_id"].tolist(),
+            "positive": [doc_text[d] for d in relevant["doc_id"]],
+        }
+    )
+    return pairs, len(set(query_text) - judged)
+
+
+def read_jsonl_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (optionally gzipped); a broken line is a :class:`DataError` naming it."""
+    records = []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"broken JSON on line {lineno} of {path.name}: {exc.msg}", field=f"line {lineno}", expected="one JSON object per line", found=line.strip()[:60]) from None
+            if not isinstance(rec, dict):
+                raise DataError(f"line {lineno} of {path.name} is not an object", field=f"line {lineno}", expected="a JSON object", found=type(rec).__name__)
+            records.append(rec)
+    return records
+
+
+def _beir_texts(path: Path, with_title: bool) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{path.name} not found", field="data.source", expected=f"a BEIR folder with {path.name}", found=str(path.parent))
+    records = read_jsonl_records(path)
+    ids, texts = [], []
+    for i, rec in enumerate(records, start=1):
+        if "_id" not in rec:
+            raise DataError(f"record {i} of {path.name} has no _id", field=f"{path.name}._id", expected="an _id on every record", found=sorted(rec)[:5])
+        text = str(rec.get("text") or "")
+        title = str(rec.get("title") or "") if with_title else ""
+        ids.append(str(rec["_id"]))
+        texts.append(f"{title}. {text}".strip(". ") if title and text else (title or text))
+    return pd.DataFrame({"id": ids, "text": texts})
+
+
+def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Read a BEIR-style folder: (pairs, corpus, queries without judgements).
+
+    ``qrels`` defaults to every ``qrels/*.tsv`` file whose header has ``query-id`` and
+    ``corpus-id`` (``score`` optional). Documents with an empty text and title are kept
+    in the corpus as empty strings only if judged; otherwise dropped.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    corpus = _beir_texts(folder / "corpus.jsonl", with_title=True).rename(columns={"id": "doc_id"})
+    queries = _beir_texts(folder / "queries.jsonl", with_title=False).rename(columns={"id": "query_id"})
+    files = [Path(qrels)] if qrels is not None else sorted((folder / "qrels").glob("*.tsv"))
+    frames = []
+    for f in files:
+        table = pd.read_csv(f, sep="\t", dtype=str)
+        if not {"query-id", "corpus-id"} <= set(table.columns):
+            if qrels is not None:
+                raise DataError(f"{f.name} is not a qrels file", field="data.qrels", expected="columns query-id, corpus-id[, score]", found=list(table.columns))
+            continue
+        if "score" not in table.columns:
+            logger.info("skipping %s: no score column (not judgements)", f)
+            continue
+        frames.append(table.rename(columns={"query-id": "query_id", "corpus-id": "doc_id"}))
+    if not frames:
+        raise DataError("no qrels file found", field="data.qrels", expected="qrels/*.tsv with query-id, corpus-id, score", found=str(folder))
+    table = pd.concat(frames, ignore_index=True)
+    pairs, unjudged = qrels_to_pairs(corpus, queries, table)
+    empty = corpus["text"].str.strip() == ""
+    if empty.any():
+        judged_docs = set(pairs["doc_id"])
+        bad = sorted(set(corpus.loc[empty, "doc_id"]) & judged_docs)
+        if bad:
+            raise DataError("a relevant document has no text", field="corpus.text", expected="non-empty title or text", found=bad[:5])
+        corpus = corpus[~empty].reset_index(drop=True)
+    return pairs, corpus.rename(columns={"doc_id": "doc_id"}), unjudged
