@@ -2,9 +2,9 @@
 
 For each training (anchor, positive) row, sentence-transformers' ``mine_hard_negatives``
 ranks candidate texts with the base model and keeps ``num_negatives`` that are close to
-the anchor but not its positive. Candidates come from the **train split only** (plus,
-for retrieval, corpus documents that no dev/test query judges relevant), so mining
-never moves dev or test texts into training. Mined texts land in ``mined_1..k`` columns
+the anchor but not its positive. Candidates are train-split texts (plus, for retrieval,
+corpus documents) that appear in **no dev or test row**, so mining never moves a dev or
+test text into training. Mined texts land in ``mined_1..k`` columns
 of the train frame; the task's training columns turn them into negatives::
 
     built, report = mine_hard_negatives(built, model, MiningConfig(num_negatives=2))
@@ -51,17 +51,16 @@ class MiningReport(BaseModel):
 
 
 def _candidates(built: BuiltDataset) -> list[str]:
+    """Train-split texts (and, for retrieval, corpus documents) that appear in no dev or test row."""
     task = get_task(built.task)
-    train = built.train
-    if task.name == "retrieval":
-        held_out = set(built.dev["doc_id"].astype(str)) | set(built.test["doc_id"].astype(str))
-        docs = [t for d, t in zip(built.corpus["doc_id"].astype(str), built.corpus["text"], strict=True) if d not in held_out]
-        texts = [*train["positive"], *(train["negative"].dropna() if "negative" in train.columns else []), *docs]
-    elif task.name == "triplets":
-        texts = [*train["positive"], *train["negative"]]
-    else:
+    if not task.supports_mining:
         raise ConfigError("hard-negative mining is for retrieval and triplets", field="data.mine_hard_negatives", expected="task retrieval or triplets", found=task.name)
-    return list(dict.fromkeys(texts))
+    columns = [c for c in ("positive", "negative") if c in built.train.columns]
+    held_out = {normalize_text(t) for name in ("dev", "test") for c in columns for t in built.split(name)[c].dropna()}
+    texts = [t for c in columns for t in built.train[c].dropna()]
+    if built.corpus is not None:
+        texts += built.corpus["text"].tolist()
+    return [t for t in dict.fromkeys(texts) if normalize_text(t) not in held_out]
 
 
 def mine_hard_negatives(built: BuiltDataset, model: SentenceTransformer, config: MiningConfig) -> tuple[BuiltDataset, MiningReport]:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedft import DataError, DatasetBuilder
+from embedft import ConfigError, DataError, DatasetBuilder, RunConfig
 from embedft.data import BuiltDataset, normalize_text
 
 from conftest import DEMO_DATA, make_pairs
@@ -313,3 +313,56 @@ def test_quora_real_data_is_leak_free():
     rates = [s.positive_rate for s in built.report.splits.values()]
     assert max(rates) - min(rates) < 0.01
     assert np.isclose(built.report.splits["test"].pairs / built.report.kept, 0.1, atol=0.01)
+
+
+# ---------------------------------------------------------------------- other tasks
+def _sts_rows(scale=5.0):
+    from conftest import make_task_rows
+
+    rows = make_task_rows("sts")
+    return [{**r, "score": r["score"] * scale / 5.0} for r in rows]
+
+
+@pytest.mark.parametrize("scale, inferred", [(1.0, (0.0, 1.0)), (5.0, (0.0, 5.0)), (100.0, (0.0, 100.0))])
+def test_sts_scores_are_normalised_from_the_inferred_range(scale, inferred):
+    built = DatasetBuilder(task="sts", cache=False).build(_sts_rows(scale))
+    assert built.report.score_range == inferred and built.report.score_range_source == "inferred"
+    assert f"inferred range [{inferred[0]:g}, {inferred[1]:g}]" in built.report.summary()
+    scores = pd.concat([built.train, built.dev, built.test])["label"]
+    assert scores.between(0, 1).all() and scores.max() > 0.6
+
+
+def test_sts_declared_range_is_used_and_checked():
+    rows = _sts_rows(5.0)
+    built = DatasetBuilder(task="sts", cache=False, score_range=(0, 10)).build(rows)
+    assert built.report.score_range == (0.0, 10.0) and built.report.score_range_source == "given"
+    assert pd.concat([built.train, built.dev, built.test])["label"].max() <= 0.5
+    with pytest.raises(DataError) as err:
+        DatasetBuilder(task="sts", cache=False, score_range=(0, 1)).build(rows)
+    assert err.value.field == "data.score_range" and "[0, 1]" in str(err.value.expected)
+
+
+def test_sts_splits_keep_the_score_balance():
+    built = DatasetBuilder(task="sts", cache=False).build(_sts_rows())
+    means = [built.report.splits[n].mean_score for n in ("train", "dev", "test")]
+    assert max(means) - min(means) < 0.15
+    assert built.report.splits["train"].positives is None
+
+
+def test_triplet_groups_link_all_three_texts():
+    from conftest import make_task_rows
+
+    rows = make_task_rows("triplets")
+    # Row B shares the negative of row A: the two must land in the same split.
+    rows.append({"anchor": "an unrelated anchor", "positive": "an unrelated positive", "negative": rows[0]["negative"]})
+    built = DatasetBuilder(task="triplets", cache=False).build(rows)
+    assert sum(built.report.leakage.values()) == 0
+    where = {n: set(built.split(n)["anchor"]) for n in ("train", "dev", "test")}
+    home = next(n for n, a in where.items() if rows[0]["anchor"] in a)
+    assert "an unrelated anchor" in where[home]
+
+
+def test_column_roles_of_another_task_are_refused():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"task": "sts", "data": {"columns": {"query": "q"}}})
+    assert err.value.field == "data.columns.query"

@@ -6,6 +6,8 @@ import pytest
 
 from embedft import ConfigError, ModelError, OutputExistsError, RunConfig, Trainer, get_task
 
+from conftest import DEMO_DATA
+
 
 def leftovers(parent, name="run"):
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
@@ -140,3 +142,45 @@ def test_accepts_built_dataset_and_custom_loss(train_kwargs, tiny_model_path):
     kwargs = {k: v for k, v in train_kwargs.items() if k not in ("data", "cache", "max_train_pairs")}
     result = Trainer(data=built, loss=lambda model: CoSENTLoss(model), **kwargs).fit()
     assert result.train_pairs == 64 and result.loss == "CoSENTLoss"
+
+
+def test_matryoshka_table_and_truncated_reload(tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from embedft import get_task
+    from embedft.data import BuiltDataset
+
+    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, output_dir=str(tmp_path / "run"), cache=False,
+                  max_train_pairs=64, max_steps=3, batch_size=16, progress=False)
+    result = Trainer(matryoshka_dims=[8, 32, 16], **kwargs).fit()
+    assert [r.dimension for r in result.matryoshka] == [32, 16, 8]
+    assert [r.bytes_per_vector for r in result.matryoshka] == [128, 64, 32]
+    assert result.matryoshka[0].test == pytest.approx(result.after.test_score, abs=1e-9)
+    assert all(r.base_test is not None for r in result.matryoshka)
+    assert "dimension" in result.summary()
+    # The saved model truncated to 8 dimensions gives the table's figure.
+    built = Trainer(**{**kwargs, "output_dir": str(tmp_path / "other")}).build_data()
+    assert isinstance(built, BuiltDataset)
+    small = SentenceTransformer(str(result.model_path), device="cpu", truncate_dim=8)
+    report = get_task("pair-classification").evaluate(small, built.dev, built.test, 32)
+    assert report["test"]["cosine_ap"] == pytest.approx(result.matryoshka[-1].test, abs=1e-5)
+
+
+def test_matryoshka_dims_are_checked(tiny_model_path, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        Trainer(data=str(DEMO_DATA), base_model=tiny_model_path, output_dir=str(tmp_path / "r"), cache=False, matryoshka_dims=[64, 8], max_steps=1).fit()
+    assert err.value.field == "training.matryoshka_dims" and "<= 32" in str(err.value)
+    with pytest.raises(ConfigError):
+        RunConfig.from_dict({"training": {"matryoshka_dims": [8, 8]}})
+
+
+def test_gist_needs_and_uses_a_guide_model(tiny_model_path, tmp_path):
+    from conftest import make_task_rows
+
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"task": "retrieval", "training": {"loss": "GISTEmbedLoss"}})
+    assert err.value.field == "training.guide_model"
+    result = Trainer(task="retrieval", data=make_task_rows("retrieval"), base_model=tiny_model_path, loss="GISTEmbedLoss",
+                     guide_model=tiny_model_path, output_dir=str(tmp_path / "g"), cache=False, max_steps=2, batch_size=8,
+                     progress=False).fit(baseline=False)
+    assert result.loss == "GISTEmbedLoss" and result.train_steps == 2
