@@ -18,6 +18,7 @@ from embedft.errors import EmbedftError
 __all__ = ["main", "build_parser", "demo_config", "DEMO_DATA"]
 
 DEMO_DATA = "demo_duplicate_questions.tsv"
+"""The duplicate-question sample shipped in ``embedft/resources`` (428 labelled pairs)."""
 
 
 def demo_config(output_dir: str = "runs/demo") -> RunConfig:
@@ -36,6 +37,12 @@ def demo_config(output_dir: str = "runs/demo") -> RunConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``embedft`` argument parser (``docs/gen_cli.py`` writes the CLI reference from it).
+
+    >>> args = build_parser().parse_args(["train", "config.yaml", "--set", "training.epochs=2"])
+    >>> args.command, args.config, args.overrides
+    ('train', 'config.yaml', ['training.epochs=2'])
+    """
     parser = argparse.ArgumentParser(prog="embedft", description="Fine-tune text-embedding models for your task.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -64,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("demo", help="fine-tune the packaged MiniLM on the shipped duplicate-question sample")
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--output-dir", default="runs/demo", help="where the result folder goes (replaced if it exists)")
     _add_set(p)
 
     p = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
@@ -260,6 +267,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``embedft`` command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    0 on success, 1 when a search completes no trial, 2 on a user error (one line on stderr), 130
+    on Ctrl-C. ``main(["data", "inspect", "pairs.csv"])`` is ``embedft data inspect pairs.csv``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)

@@ -25,6 +25,7 @@ __all__ = ["Executor", "InProcessExecutor", "ProcessExecutor", "OnReport"]
 logger = logging.getLogger(__name__)
 
 OnReport = Callable[[int, int, float], bool]
+"""``on_report(trial number, step, dev value) -> prune?``: the driver's side of the pruning channel."""
 TrialFn = Callable[..., TrialResult]
 
 
@@ -33,11 +34,17 @@ class Executor(Protocol):
 
     max_parallel: int
 
-    def submit(self, config: TrialConfig) -> None: ...
+    def submit(self, config: TrialConfig) -> None:
+        """Queue a trial; it starts as soon as a slot is free."""
+        ...
 
-    def wait(self, on_report: OnReport, timeout: float) -> list[TrialResult]: ...
+    def wait(self, on_report: OnReport, timeout: float) -> list[TrialResult]:
+        """Relay intermediate reports to ``on_report`` for up to ``timeout`` seconds; return the trials that ended."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop running trials and release workers; queued trials are dropped."""
+        ...
 
 
 class InProcessExecutor:
@@ -50,15 +57,18 @@ class InProcessExecutor:
         self._pending: deque[TrialConfig] = deque()
 
     def submit(self, config: TrialConfig) -> None:
+        """Queue a trial; it runs in the next ``wait``."""
         self._pending.append(config)
 
     def wait(self, on_report: OnReport, timeout: float = 0.0) -> list[TrialResult]:
+        """Run the next queued trial to its end (``timeout`` is ignored) and return its result."""
         if not self._pending:
             return []
         config = self._pending.popleft()
         return [_guarded(self._trial_fn, config, lambda step, value: on_report(config.number, step, value))]
 
     def close(self) -> None:
+        """Drop the queued trials."""
         self._pending.clear()
 
 
@@ -167,6 +177,7 @@ class ProcessExecutor:
         return _Worker(proc, parent)
 
     def submit(self, config: TrialConfig) -> None:
+        """Queue a trial and hand it to an idle worker, if there is one."""
         self._pending.append(config)
         self._dispatch()
 
@@ -180,6 +191,10 @@ class ProcessExecutor:
                 worker.conn.send(("trial", config.model_dump_json()))
 
     def wait(self, on_report: OnReport, timeout: float = 1.0) -> list[TrialResult]:
+        """Relay worker reports to ``on_report`` for up to ``timeout`` seconds; return the trials that ended.
+
+        A worker that dies mid-trial gives a failed result for its trial and is replaced.
+        """
         results: list[TrialResult] = []
         deadline = time.monotonic() + timeout
         while True:
@@ -227,6 +242,7 @@ class ProcessExecutor:
         ]
 
     def close(self) -> None:
+        """Drop the queued trials and stop the workers (one still busy after 5 s is killed)."""
         self._pending.clear()
         for worker in self._workers:
             try:

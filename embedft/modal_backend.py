@@ -33,12 +33,15 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedft.config import ModalConfig, RunConfig
 from embedft.errors import EmbedftError, require
 from embedft.training import _replace_dir
 from embedft.trial import TrialConfig, TrialResult, run_trial
+
+if TYPE_CHECKING:  # pragma: no cover
+    from embedft.executors import OnReport
 
 modal = require("modal", "modal")
 
@@ -137,10 +140,13 @@ class ModalExecutor:
         self.gpu_seconds = 0.0
 
     def submit(self, config: TrialConfig) -> None:
+        """Spawn the GPU function for a trial (Modal queues it when ``max_containers`` are busy)."""
         call = self._spawn(config.model_dump_json(), self._reports, self._decisions, self._volume)
         self._calls[config.number] = (call, time.monotonic())
 
-    def wait(self, on_report, timeout: float = 1.0) -> list[TrialResult]:
+    def wait(self, on_report: OnReport, timeout: float = 1.0) -> list[TrialResult]:
+        """Relay reports from the Queue to ``on_report`` and its answers to the Dict for up to ``timeout``
+        seconds; return the trials that ended (a timeout or a failed call is a failed result)."""
         results: list[TrialResult] = []
         deadline = time.monotonic() + timeout
         while True:

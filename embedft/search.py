@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +34,12 @@ from embedft.config import ModalConfig, RunConfig, _validate, load_config
 from embedft.errors import ConfigError, EmbedftError
 from embedft.tasks import get_task
 from embedft.trial import TrialConfig, TrialResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from embedft.executors import Executor
+    from embedft.modal_backend import ModalBackend
 
 __all__ = [
     "FloatParam",
@@ -74,9 +80,11 @@ class FloatParam(_Strict):
         return self
 
     def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self) -> list:
+        """Always raises: a float range has no finite grid."""
         raise ValueError("the grid sampler needs int or categorical parameters, not float ranges")
 
 
@@ -98,9 +106,15 @@ class IntParam(_Strict):
         return self
 
     def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
     def grid(self) -> list:
+        """Every value, for the grid sampler.
+
+        >>> IntParam(type="int", low=1000, high=4000, step=1000).grid()
+        [1000, 2000, 3000, 4000]
+        """
         return list(range(self.low, self.high + 1, self.step))
 
 
@@ -111,9 +125,11 @@ class CategoricalParam(_Strict):
     choices: list[None | bool | int | float | str] = Field(..., min_length=1)
 
     def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_categorical(name, self.choices)
 
     def grid(self) -> list:
+        """Every choice, for the grid sampler."""
         return list(self.choices)
 
 
@@ -211,10 +227,12 @@ class SearchConfig(_Strict):
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchConfig:
+        """Read a search config from YAML or JSON; errors name the field."""
         return load_config(path, cls)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """Validate a dict (e.g. parsed YAML); errors name the field."""
         return _validate(cls, data, "search config")
 
     def save(self, path: str | Path, *, redact: bool = False) -> Path:
@@ -283,13 +301,23 @@ class OptunaSearch:
     Args:
         config: the search config (or a dict of one).
         executor: an executor object; by default in-process for one worker, else local processes.
-        sampler, pruner: Optuna objects that replace the configured ones.
+        sampler: an Optuna sampler that replaces the configured one.
+        pruner: an Optuna pruner that replaces the configured one.
         trial_fn: the trial function executors run (``run_trial``).
         remote: a :class:`~embedft.modal_backend.ModalBackend` to use for ``backend: modal``
             (by default one is built from ``config.modal``).
     """
 
-    def __init__(self, config: SearchConfig | dict[str, Any], *, executor=None, sampler=None, pruner=None, trial_fn: Callable | None = None, remote=None) -> None:
+    def __init__(
+        self,
+        config: SearchConfig | dict[str, Any],
+        *,
+        executor: Executor | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+        trial_fn: Callable | None = None,
+        remote: ModalBackend | None = None,
+    ) -> None:
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(config)
         self.task = get_task(self.config.base.task)
         self.output_dir = Path(self.config.output_dir).expanduser()
@@ -305,6 +333,7 @@ class OptunaSearch:
 
     # ------------------------------------------------------------------ setup
     def storage_url(self) -> str:
+        """The study's storage: the configured URL, or ``journal:OUTPUT_DIR/study.journal``."""
         return self.config.storage or f"journal:{self.output_dir / 'study.journal'}"
 
     def _storage(self):

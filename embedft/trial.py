@@ -23,6 +23,7 @@ __all__ = ["TrialConfig", "TrialResult", "run_trial", "Report"]
 logger = logging.getLogger(__name__)
 
 Report = Callable[[int, float], bool]
+"""``report(step, dev value) -> prune?``: how a trial hands intermediate scores to the driver."""
 
 
 class TrialConfig(BaseModel):
