@@ -19,6 +19,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,14 @@ class Trainer:
         t_cfg = cfg.training
 
         dims = _check_matryoshka_dims(t_cfg.matryoshka_dims, model)
-        before = self._evaluate(model, built, evaluate_test) if baseline else None
+        loss_spec = self.task.loss(t_cfg.loss)
+        cache = self._frozen_cache(model, loss_spec.name)
+        scorer = model
+        if cache is not None:  # evaluation goes through the same cache as training
+            from embedft.frozen import CachedEncoder
+
+            scorer = CachedEncoder(model, cache)
+        before = self._evaluate(scorer, built, evaluate_test) if baseline else None
         base_by_dim = self._evaluate_dims(model, built, dims, evaluate_test) if baseline and dims else {}
         if before is not None:
             logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
@@ -164,10 +172,10 @@ class Trainer:
 
             built, mining = mine_hard_negatives(built, model, cfg.data.mine_hard_negatives)
 
-        loss_spec = self.task.loss(t_cfg.loss)
         train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
-        loss = self._loss if self._loss is not None else self._build_loss(loss_spec, model, device)
-        evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
+        if cache is None:
+            loss = self._loss if self._loss is not None else self._build_loss(loss_spec, model, device)
+            evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
@@ -176,13 +184,24 @@ class Trainer:
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            monitor = _make_monitor(evaluator, self._hooks, t_cfg.early_stopping_patience, self.task.greater_is_better)
-            trainer = _make_st_trainer(model, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, [monitor, *self._callbacks])
-            t0 = time.perf_counter()
-            output = trainer.train()
-            seconds = time.perf_counter() - t0
+            if cache is not None:
+                run = self._fit_cached(model, scorer, cache, built, train_ds, loss_spec)
+            else:
+                monitor = _make_monitor(evaluator, self._hooks, t_cfg.early_stopping_patience, self.task.greater_is_better)
+                trainer = _make_st_trainer(model, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, [monitor, *self._callbacks])
+                t0 = time.perf_counter()
+                output = trainer.train()
+                run = _Run(
+                    seconds=time.perf_counter() - t0,
+                    steps=int(trainer.state.global_step),
+                    epochs=float(trainer.state.epoch or 0.0),
+                    loss=_finite_or_none(output.training_loss),
+                    loss_name=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
+                    stopped_early=monitor.stopped_early,
+                    history=monitor.history,
+                )
             model.eval()
-            after = self._evaluate(model, built, evaluate_test)
+            after = self._evaluate(scorer, built, evaluate_test)
             logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
             matryoshka = []
             for dim, report in self._evaluate_dims(model, built, dims, evaluate_test).items():
@@ -199,20 +218,21 @@ class Trainer:
 
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
             model.save(str(tmp / "model"))
-            pairs_seen = len(train_ds) * float(trainer.state.epoch or 0.0)
+            pairs_seen = len(train_ds) * run.epochs
             result = TrainResult(
                 task=self.task.name,
                 base_model=cfg.model.base_model,
-                loss=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
+                loss=run.loss_name,
                 before=before,
                 after=after,
                 train_pairs=len(train_ds),
-                train_steps=int(trainer.state.global_step),
-                train_seconds=seconds,
-                train_pairs_per_second=pairs_seen / seconds if seconds > 0 else 0.0,
-                train_loss=_finite_or_none(output.training_loss),
-                stopped_early=monitor.stopped_early,
-                dev_history=monitor.history,
+                train_steps=run.steps,
+                train_seconds=run.seconds,
+                train_pairs_per_second=pairs_seen / run.seconds if run.seconds > 0 else 0.0,
+                train_loss=run.loss,
+                stopped_early=run.stopped_early,
+                dev_history=run.history,
+                frozen_cache=run.cache,
                 device=device,
                 output_dir=out,
                 model_path=out / "model",
@@ -228,6 +248,78 @@ class Trainer:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return result
+
+    def _frozen_cache(self, model: Any, loss_name: str) -> Any:
+        """The embedding cache for the frozen-backbone fast path, or None when the normal path applies."""
+        cfg, t_cfg = self.config, self.config.training
+        if not (cfg.model.freeze_backbone and t_cfg.cache_frozen_embeddings):
+            return None
+        from embedft.frozen import EmbeddingCache, supports
+
+        reasons = [
+            why
+            for why, applies in (
+                ("a custom loss object", self._loss is not None),
+                ("a custom evaluator", self._evaluator is not None),
+                ("extra trainer callbacks", bool(self._callbacks)),
+                ("Matryoshka training", bool(t_cfg.matryoshka_dims)),
+                (f"{loss_name} (not supported on cached embeddings)", not supports(loss_name)),
+            )
+            if applies
+        ]
+        if reasons:
+            logger.info("frozen backbone: not using the embedding cache because of %s", ", ".join(reasons))
+            return None
+        return EmbeddingCache.for_model(model, cfg.data.cache_dir, batch_size=t_cfg.eval_batch_size, show_progress=t_cfg.progress)
+
+    def _fit_cached(self, model: Any, encoder: Any, cache: Any, built: BuiltDataset, train_ds: Any, loss_spec: Any) -> _Run:
+        """Train the head on cached backbone embeddings (see :mod:`embedft.frozen`)."""
+        from embedft.frozen import fit_head
+
+        t_cfg = self.config.training
+        history: list[tuple[int, float]] = []
+        primary, greater = self.task.primary_metric, self.task.greater_is_better
+        state = {"best": None, "bad": 0, "stopped": False}
+
+        def evaluate() -> dict[str, float]:
+            return self.task.evaluate(encoder, built.dev, None, t_cfg.eval_batch_size, False, built.corpus)["dev"]
+
+        def patience(step: int, metrics: dict[str, float]) -> bool:
+            score = metrics.get(primary)
+            if score is None:
+                return False
+            history.append((step, float(score)))
+            if state["best"] is None or (score > state["best"] if greater else score < state["best"]):
+                state["best"], state["bad"] = score, 0
+                return False
+            state["bad"] += 1
+            if t_cfg.early_stopping_patience is not None and state["bad"] >= t_cfg.early_stopping_patience:
+                logger.info("early stopping at step %d: no dev improvement in %d evaluations", step, state["bad"])
+                state["stopped"] = True
+                return True
+            return False
+
+        res = fit_head(
+            model,
+            train_ds,
+            lambda m: loss_spec.build(m, **t_cfg.loss_kwargs),
+            t_cfg,
+            cache=cache,
+            evaluate=evaluate,
+            hooks=[patience, *self._hooks],
+            in_batch_negatives=loss_spec.uses_in_batch_negatives,
+        )
+        logger.info("frozen backbone: %d texts from the cache, %d encoded (%.1fs)", res.cache_hits, res.cache_computed, res.embed_seconds)
+        return _Run(
+            seconds=res.seconds,
+            steps=res.steps,
+            epochs=res.epochs,
+            loss=_finite_or_none(res.train_loss),
+            loss_name=loss_spec.name,
+            stopped_early=bool(state["stopped"]),
+            history=history,
+            cache={"hits": float(res.cache_hits), "computed": float(res.cache_computed), "embed_seconds": res.embed_seconds},
+        )
 
     def evaluate(self, model: Any = None) -> EvalReport:
         """Evaluate ``model`` (or the base model) on this trainer's dev and test splits."""
@@ -302,6 +394,20 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+@dataclass
+class _Run:
+    """What one training loop reports back to :meth:`Trainer.fit`, whichever loop ran."""
+
+    seconds: float
+    steps: int
+    epochs: float
+    loss: float | None
+    loss_name: str
+    stopped_early: bool
+    history: list[tuple[int, float]]
+    cache: dict[str, float] | None = None
 
 
 def _check_matryoshka_dims(dims: list[int] | None, model: Any) -> list[int]:

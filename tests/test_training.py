@@ -184,3 +184,24 @@ def test_gist_needs_and_uses_a_guide_model(tiny_model_path, tmp_path):
                      guide_model=tiny_model_path, output_dir=str(tmp_path / "g"), cache=False, max_steps=2, batch_size=8,
                      progress=False).fit(baseline=False)
     assert result.loss == "GISTEmbedLoss" and result.train_steps == 2
+
+
+def test_frozen_backbone_trains_on_cached_embeddings(tiny_model_path, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
+    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, cache=False, max_train_pairs=64, epochs=2, batch_size=16,
+                  learning_rate=1e-3, progress=False, dense={"out_features": 16}, freeze_backbone=True)
+    first = Trainer(output_dir=str(tmp_path / "a"), **kwargs).fit()
+    assert first.frozen_cache is not None and first.frozen_cache["computed"] > 0
+    second = Trainer(output_dir=str(tmp_path / "b"), **kwargs).fit()
+    assert second.frozen_cache["computed"] == 0 and second.frozen_cache["hits"] > 0  # a second run encodes nothing
+    assert second.after.test_score == pytest.approx(first.after.test_score, abs=1e-6)
+    # The result is a plain sentence-transformers model: backbone + trained head, same metrics.
+    reloaded = SentenceTransformer(str(first.model_path), device="cpu")
+    built = Trainer(output_dir=str(tmp_path / "c"), **kwargs).build_data()
+    report = get_task("pair-classification").evaluate(reloaded, built.dev, built.test, 32)
+    assert report["test"]["cosine_ap"] == pytest.approx(first.after.test_score, abs=1e-5)
+    # The uncached path runs the same configuration through sentence-transformers' trainer.
+    plain = Trainer(output_dir=str(tmp_path / "d"), cache_frozen_embeddings=False, **kwargs).fit()
+    assert plain.frozen_cache is None and plain.train_steps == first.train_steps
