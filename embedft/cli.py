@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a commented starting config")
     p.add_argument("path", help="where to write the config (.yaml or .json)")
     p.add_argument("--data", help="data source to put in the config")
+    p.add_argument("--task", help="task to put in the config (embedft tasks lists them)")
+
+    sub.add_parser("tasks", help="list the tasks with their columns, losses and primary metric")
     return parser
 
 
@@ -189,7 +192,7 @@ def _search(args: argparse.Namespace) -> int:
     for key, value in result.best_params.items():
         print(f"  {key} = {value}")
     if result.best_test:
-        for key in ("cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"):
+        for key in search.task.report_metrics:
             if key in result.best_test:
                 print(f"  test {key}: base {result.base_test.get(key, float('nan')):.4f} -> best {result.best_test[key]:.4f}")
     print(f"best config: {result.best_config_path}  (embedft train {result.best_config_path})")
@@ -231,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "init":
         cfg = RunConfig()
+        if args.task:
+            cfg = cfg.with_overrides({"task": args.task})
         if args.data:
             cfg = cfg.with_overrides({"data.source": args.data})
         path = Path(args.path)
@@ -238,6 +243,14 @@ def _run(args: argparse.Namespace) -> int:
             raise EmbedftError("refusing to overwrite an existing file", field="path", expected="a new file", found=str(path))
         cfg.save(path)
         print(f"wrote {path}")
+        return 0
+    if args.command == "tasks":
+        from embedft.tasks import TASKS
+
+        for task in TASKS.values():
+            print(f"{task.name}: primary metric {task.primary_metric}; columns {', '.join(task.input_columns)}"
+                  + (f" (optional: {', '.join(task.optional_columns)})" if task.optional_columns else ""))
+            print(f"  losses: {task.default_loss} (default)" + "".join(f", {n}" for n in task.losses if n != task.default_loss))
         return 0
     if args.command == "data":
         from embedft.data import DatasetBuilder

@@ -66,6 +66,28 @@ def test_init_writes_a_config_train_accepts(tmp_path, capsys):
 
     assert RunConfig.from_file(path).data.source == "pairs.csv"
     assert main(["init", str(path)]) == 2
+    sts = tmp_path / "sts.yaml"
+    assert main(["init", str(sts), "--task", "sts"]) == 0
+    assert RunConfig.from_file(sts).loss_name == "CoSENTLoss"
+    assert main(["init", str(tmp_path / "x.yaml"), "--task", "nope"]) == 2
+
+
+def test_tasks_lists_every_registered_task(capsys):
+    from embedft import TASKS
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for task in TASKS.values():
+        assert f"{task.name}: primary metric {task.primary_metric}" in out and task.default_loss in out
+
+
+def test_data_inspect_of_a_beir_folder(tmp_path, capsys):
+    from test_convert import _beir
+
+    folder = _beir(tmp_path / "beir")
+    assert main(["data", "inspect", str(folder), "--set", "task=retrieval", "--set", "data.cache=false"]) == 0
+    out = capsys.readouterr().out
+    assert "corpus 31 documents" in out and "leakage check (texts shared between splits) OK" in out
 
 
 def test_module_entry_point_runs():
