@@ -250,3 +250,53 @@ def test_rss_does_not_grow_across_trials(tiny_model_path, tmp_path):
     assert result.n_complete == 20
     growth_mb = (rss[-1] - rss[4]) / 2**20
     assert growth_mb < 120, f"RSS grew {growth_mb:.0f} MB over 15 trials: {[round(r / 2**20) for r in rss]}"
+
+
+def search_texts(tmp_path):
+    """Distinct train + dev texts of the search's saved splits."""
+    from embedft.data import BuiltDataset
+
+    (folder,) = (tmp_path / "search" / "data").iterdir()
+    built = BuiltDataset.load(folder)
+    return {t for name in ("train", "dev") for c in ("text1", "text2") for t in built.split(name)[c]}
+
+
+@pytest.mark.parametrize("task, losses", [("retrieval", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]),
+                                          ("sts", ["CoSENTLoss", "AnglELoss"])])
+def test_search_on_other_tasks(task, losses, tiny_model_path, tmp_path, monkeypatch):
+    """Retrieval (its corpus travels with the saved splits) and STS with a frozen backbone,
+    whose embedding cache is shared by every trial: each distinct text is encoded once."""
+    from conftest import make_task_rows
+
+    from embedft.frozen import EmbeddingCache
+
+    monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
+    encoded: list[str] = []
+    original = EmbeddingCache._encode
+
+    def counting(self, texts, *args, **kwargs):
+        encoded.extend(texts)
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(EmbeddingCache, "_encode", counting)
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in make_task_rows(task)))
+    cfg = base(tiny_model_path)
+    cfg["task"] = task
+    cfg["data"] = {"source": str(source), "cache": False, "splits": {"train": 0.6, "dev": 0.2, "test": 0.2}}
+    cfg["training"]["batch_size"] = 8
+    if task == "sts":
+        cfg["model"]["dense"] = {"out_features": 8}
+        cfg["model"]["freeze_backbone"] = True
+    search = OptunaSearch(SearchConfig.from_dict({
+        "base": cfg, "n_trials": 3, "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
+        "space": {"training.loss": {"type": "categorical", "choices": losses},
+                  "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+        "output_dir": str(tmp_path / "search"),
+    }))
+    result = search.run()
+    primary = search.task.primary_metric
+    assert result.n_complete == 3 and primary in result.best_test and primary in result.base_test
+    assert RunConfig.from_file(result.best_config_path).task == task
+    if task == "sts":  # three trials, one cache: no text was ever encoded twice, and training texts were reused
+        assert len(encoded) == len(set(encoded)) and len(set(encoded)) >= len(search_texts(tmp_path))

@@ -78,3 +78,53 @@ def test_small_real_search_on_quora(quora_sample, minilm_path, tmp_path):
     best = RunConfig.from_file(result.best_config_path)
     assert best.model.base_model == minilm_path and best.data.max_train_pairs == 128
     assert (result.output_dir / "best" / "model" / "modules.json").is_file()
+
+
+# ---------------------------------------------------------------------- every task on real data
+SHARED = QUORA.parents[1]
+
+
+def _real(path):
+    if not path.exists():
+        pytest.skip(f"{path.relative_to(SHARED.parent)} is absent")
+    return str(path)
+
+
+def _fit(task, source, minilm_path, tmp_path, **kwargs):
+    settings = dict(task=task, data=source, base_model=minilm_path, output_dir=str(tmp_path / task), cache=False,
+                    batch_size=16, learning_rate=5e-5, progress=False)
+    settings.update(kwargs)
+    result = Trainer(**settings).fit()
+    metric = result.after.primary_metric
+    print(f"{task}: test {metric} {result.before.test[metric]:.4f} -> {result.after.test[metric]:.4f}")
+    return result, metric
+
+
+def test_sts_benchmark_minilm(minilm_path, tmp_path):
+    result, metric = _fit("sts", _real(SHARED / "stsbenchmark" / "stsbenchmark.tsv"), minilm_path, tmp_path,
+                          max_train_pairs=256, max_steps=16, score_range=(0, 5))
+    assert result.data.score_range == (0.0, 5.0) and result.data.score_range_source == "given"
+    assert result.before.test[metric] > 0.75  # MiniLM is a strong STS model already
+    assert result.after.test[metric] > result.before.test[metric] - 0.02
+
+
+def test_cranfield_retrieval_minilm(minilm_path, tmp_path):
+    result, metric = _fit("retrieval", _real(SHARED / "cranfield"), minilm_path, tmp_path,
+                          max_train_pairs=128, max_steps=8, max_seq_length=128, matryoshka_dims=[384, 128])
+    assert result.data.corpus_docs >= 1398 and sum(result.data.leakage.values()) == 0
+    assert result.before.test[metric] > 0.2 and result.after.test["queries"] >= 20
+    assert [r.dimension for r in result.matryoshka] == [384, 128]
+    assert result.after.test[metric] > result.before.test[metric] - 0.05
+
+
+def test_quora_triplets_and_paraphrase_mining_minilm(quora_sample, minilm_path, tmp_path):
+    from embedft.convert import pairs_to_triplets
+
+    frame = quora_sample.rename(columns={"question1": "text1", "question2": "text2", "is_duplicate": "label"})
+    frame = frame.assign(component=frame["component_id"])
+    triplets = pairs_to_triplets(frame, seed=0)
+    triplets = triplets[triplets["hard"]].drop(columns=["hard"])
+    result, metric = _fit("triplets", triplets, minilm_path, tmp_path, max_train_pairs=128, max_steps=8)
+    assert 0.6 < result.before.test[metric] <= 1.0
+    result, metric = _fit("paraphrase-mining", quora_sample, minilm_path, tmp_path, max_train_pairs=128, max_steps=8)
+    assert 0.2 < result.before.test[metric] < 1.0 and result.after.test["duplicates"] > 20
