@@ -338,15 +338,12 @@ class Trainer:
         return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
 
     def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:
-        """The evaluation with embeddings truncated to each Matryoshka dimension."""
+        """The evaluation with embeddings truncated to each Matryoshka dimension (texts encoded once for all)."""
+        prefix = _PrefixEncoder(model)
         reports = {}
-        previous = model.truncate_dim
-        try:
-            for dim in dims:
-                model.truncate_dim = dim
-                reports[dim] = self._evaluate(model, built, evaluate_test)
-        finally:
-            model.truncate_dim = previous
+        for dim in dims:
+            prefix.truncate_dim = dim
+            reports[dim] = self._evaluate(prefix, built, evaluate_test)
         return reports
 
     def _build_loss(self, spec: Any, model: Any, device: str) -> Any:
@@ -394,6 +391,31 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+class _PrefixEncoder:
+    """``model.encode`` for Matryoshka evaluation: each list of texts is encoded once at full size,
+    and every dimension is served from memory by truncating (then normalising, as
+    sentence-transformers does with ``truncate_dim``)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.truncate_dim: int | None = None
+        self._memo: dict[tuple[str, ...], Any] = {}
+
+    def encode(self, sentences: list[str], batch_size: int = 32, normalize_embeddings: bool = False, show_progress_bar: bool = False, **_: Any):
+        import numpy as np
+
+        key = tuple(sentences)
+        if key not in self._memo:
+            self._memo[key] = np.asarray(
+                self.model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=show_progress_bar),
+                dtype=np.float32,
+            )
+        emb = self._memo[key][:, : self.truncate_dim] if self.truncate_dim else self._memo[key]
+        if normalize_embeddings:
+            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        return emb
 
 
 @dataclass

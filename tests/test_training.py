@@ -155,7 +155,7 @@ def test_matryoshka_table_and_truncated_reload(tiny_model_path, tmp_path):
     result = Trainer(matryoshka_dims=[8, 32, 16], **kwargs).fit()
     assert [r.dimension for r in result.matryoshka] == [32, 16, 8]
     assert [r.bytes_per_vector for r in result.matryoshka] == [128, 64, 32]
-    assert result.matryoshka[0].test == pytest.approx(result.after.test_score, abs=1e-9)
+    assert result.matryoshka[0].test == pytest.approx(result.after.test_score, abs=1e-4)
     assert all(r.base_test is not None for r in result.matryoshka)
     assert "dimension" in result.summary()
     # The saved model truncated to 8 dimensions gives the table's figure.
