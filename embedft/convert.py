@@ -163,9 +163,9 @@ def _beir_texts(path: Path, with_title: bool) -> pd.DataFrame:
 def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Read a BEIR-style folder: (pairs, corpus, queries without judgements).
 
-    ``qrels`` defaults to every ``qrels/*.tsv`` file whose header has ``query-id`` and
-    ``corpus-id`` (``score`` optional). Documents with an empty text and title are kept
-    in the corpus as empty strings only if judged; otherwise dropped.
+    ``qrels`` defaults to every ``qrels/*.tsv`` file whose header has ``query-id``,
+    ``corpus-id`` and ``score``. Documents with neither title nor text are left out of the
+    corpus; judgements on them are dropped (and counted) by the builder.
     """
     import pandas as pd
 
@@ -188,11 +188,10 @@ def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.D
         raise DataError("no qrels file found", field="data.qrels", expected="qrels/*.tsv with query-id, corpus-id, score", found=str(folder))
     table = pd.concat(frames, ignore_index=True)
     pairs, unjudged = qrels_to_pairs(corpus, queries, table)
+    # Judgements on a document with no text stay in the pairs with an empty positive, so the
+    # builder drops and counts them (dropped_empty_text); the corpus keeps only documents with text.
     empty = corpus["text"].str.strip() == ""
     if empty.any():
-        judged_docs = set(pairs["doc_id"])
-        bad = sorted(set(corpus.loc[empty, "doc_id"]) & judged_docs)
-        if bad:
-            raise DataError("a relevant document has no text", field="corpus.text", expected="non-empty title or text", found=bad[:5])
+        logger.warning("%d corpus document(s) have no title or text; left out of the corpus", int(empty.sum()))
         corpus = corpus[~empty].reset_index(drop=True)
     return pairs, corpus.rename(columns={"doc_id": "doc_id"}), unjudged
