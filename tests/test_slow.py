@@ -110,10 +110,9 @@ def test_sts_benchmark_minilm(minilm_path, tmp_path):
 
 def test_cranfield_retrieval_minilm(minilm_path, tmp_path):
     result, metric = _fit("retrieval", _real(SHARED / "cranfield"), minilm_path, tmp_path,
-                          max_train_pairs=128, max_steps=8, max_seq_length=128, matryoshka_dims=[384, 128])
+                          max_train_pairs=128, max_steps=8, max_seq_length=64)
     assert result.data.corpus_docs >= 1398 and sum(result.data.leakage.values()) == 0
     assert result.before.test[metric] > 0.2 and result.after.test["queries"] >= 20
-    assert [r.dimension for r in result.matryoshka] == [384, 128]
     assert result.after.test[metric] > result.before.test[metric] - 0.05
 
 
