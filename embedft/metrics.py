@@ -217,10 +217,9 @@ def evaluate_retrieval(
     document. ``corpus`` has ``doc_id`` and ``text``; it is encoded once for both splits.
     """
     doc_ids = corpus["doc_id"].astype(str).tolist()
-    doc_emb, _ = encode_unique(model, corpus["text"].tolist(), batch_size, show_progress)
     texts = corpus["text"].tolist()
-    uniq_index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    doc_rows = np.array([uniq_index[t] for t in texts])
+    doc_emb, doc_index = encode_unique(model, texts, batch_size, show_progress)
+    doc_rows = np.array([doc_index[t] for t in texts])
     col_of = {d: i for i, d in enumerate(doc_ids)}
     report: dict[str, dict[str, float]] = {"test": {}}
     for split_name, frame in (("dev", dev), ("test", test)):

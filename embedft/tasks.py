@@ -120,34 +120,16 @@ class TaskSpec:
 
 
 # --------------------------------------------------------------------------- losses
-def _online_contrastive(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import OnlineContrastiveLoss
+def _st_loss(class_name: str) -> Callable[..., Any]:
+    """A factory ``(model, **kwargs) -> loss`` for a sentence-transformers loss, imported when called."""
 
-    return OnlineContrastiveLoss(model, **kw)
+    def factory(model, **kw):
+        from sentence_transformers.sentence_transformer import losses
 
+        return getattr(losses, class_name)(model, **kw)
 
-def _contrastive(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import ContrastiveLoss
-
-    return ContrastiveLoss(model, **kw)
-
-
-def _cosent(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
-
-    return CoSENTLoss(model, **kw)
-
-
-def _mnrl(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-    return MultipleNegativesRankingLoss(model, **kw)
-
-
-def _cached_mnrl(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-
-    return CachedMultipleNegativesRankingLoss(model, **kw)
+    factory.__name__ = f"_{class_name}"
+    return factory
 
 
 def _gist(model, guide=None, **kw):
@@ -158,22 +140,14 @@ def _gist(model, guide=None, **kw):
     return GISTEmbedLoss(model, guide, **kw)
 
 
-def _angle(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import AnglELoss
-
-    return AnglELoss(model, **kw)
-
-
-def _cosine_similarity(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
-
-    return CosineSimilarityLoss(model, **kw)
-
-
-def _triplet(model, **kw):
-    from sentence_transformers.sentence_transformer.losses import TripletLoss
-
-    return TripletLoss(model, **kw)
+_online_contrastive = _st_loss("OnlineContrastiveLoss")
+_contrastive = _st_loss("ContrastiveLoss")
+_cosent = _st_loss("CoSENTLoss")
+_mnrl = _st_loss("MultipleNegativesRankingLoss")
+_cached_mnrl = _st_loss("CachedMultipleNegativesRankingLoss")
+_angle = _st_loss("AnglELoss")
+_cosine_similarity = _st_loss("CosineSimilarityLoss")
+_triplet = _st_loss("TripletLoss")
 
 
 # ------------------------------------------------------------------ evaluators (training-time)
@@ -246,34 +220,23 @@ def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.
 
 
 # ------------------------------------------------------------------ evaluation (before/after reports)
-def _pair_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
-    from embedft.metrics import evaluate_pair_classification
+def _metrics(function_name: str, uses_corpus: bool = False) -> Callable[..., dict[str, dict[str, float]]]:
+    """``evaluate(model, dev, test, batch_size, show_progress, corpus)`` calling ``embedft.metrics.<function_name>``."""
 
-    return evaluate_pair_classification(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+    def evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+        from embedft import metrics
 
+        extra = (corpus,) if uses_corpus else ()
+        return getattr(metrics, function_name)(model, dev, test, *extra, batch_size=batch_size, show_progress=show_progress)
 
-def _sts_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
-    from embedft.metrics import evaluate_sts
-
-    return evaluate_sts(model, dev, test, batch_size=batch_size, show_progress=show_progress)
-
-
-def _triplet_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
-    from embedft.metrics import evaluate_triplets
-
-    return evaluate_triplets(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+    return evaluate
 
 
-def _retrieval_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
-    from embedft.metrics import evaluate_retrieval
-
-    return evaluate_retrieval(model, dev, test, corpus, batch_size=batch_size, show_progress=show_progress)
-
-
-def _mining_evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
-    from embedft.metrics import evaluate_paraphrase_mining
-
-    return evaluate_paraphrase_mining(model, dev, test, batch_size=batch_size, show_progress=show_progress)
+_pair_evaluate = _metrics("evaluate_pair_classification")
+_sts_evaluate = _metrics("evaluate_sts")
+_triplet_evaluate = _metrics("evaluate_triplets")
+_retrieval_evaluate = _metrics("evaluate_retrieval", uses_corpus=True)
+_mining_evaluate = _metrics("evaluate_paraphrase_mining")
 
 
 # ------------------------------------------------------------------ training columns

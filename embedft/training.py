@@ -277,27 +277,15 @@ class Trainer:
         from embedft.frozen import fit_head
 
         t_cfg = self.config.training
-        history: list[tuple[int, float]] = []
-        primary, greater = self.task.primary_metric, self.task.greater_is_better
-        state = {"best": None, "bad": 0, "stopped": False}
+        tracker = _DevTracker(t_cfg.early_stopping_patience, self.task.greater_is_better)
+        primary = self.task.primary_metric
 
         def evaluate() -> dict[str, float]:
             return self.task.evaluate(encoder, built.dev, None, t_cfg.eval_batch_size, False, built.corpus)["dev"]
 
         def patience(step: int, metrics: dict[str, float]) -> bool:
             score = metrics.get(primary)
-            if score is None:
-                return False
-            history.append((step, float(score)))
-            if state["best"] is None or (score > state["best"] if greater else score < state["best"]):
-                state["best"], state["bad"] = score, 0
-                return False
-            state["bad"] += 1
-            if t_cfg.early_stopping_patience is not None and state["bad"] >= t_cfg.early_stopping_patience:
-                logger.info("early stopping at step %d: no dev improvement in %d evaluations", step, state["bad"])
-                state["stopped"] = True
-                return True
-            return False
+            return score is not None and tracker.update(step, float(score))
 
         res = fit_head(
             model,
@@ -316,8 +304,8 @@ class Trainer:
             epochs=res.epochs,
             loss=_finite_or_none(res.train_loss),
             loss_name=loss_spec.name,
-            stopped_early=bool(state["stopped"]),
-            history=history,
+            stopped_early=tracker.stopped_early,
+            history=tracker.history,
             cache={"hits": float(res.cache_hits), "computed": float(res.cache_computed), "embed_seconds": res.embed_seconds},
         )
 
@@ -461,6 +449,31 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class _DevTracker:
+    """Dev-score history and early stopping, shared by both training loops."""
+
+    def __init__(self, patience: int | None, greater_is_better: bool) -> None:
+        self.patience = patience
+        self.greater_is_better = greater_is_better
+        self.history: list[tuple[int, float]] = []
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+
+    def update(self, step: int, score: float) -> bool:
+        """Record ``score`` at ``step``; True when training should stop early."""
+        self.history.append((step, score))
+        if self.best is None or (score > self.best if self.greater_is_better else score < self.best):
+            self.best, self.bad_evals = score, 0
+            return False
+        self.bad_evals += 1
+        if self.patience is not None and self.bad_evals >= self.patience:
+            logger.info("early stopping at step %d: no dev improvement in %d evaluations", step, self.patience)
+            self.stopped_early = True
+            return True
+        return False
+
+
 def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | None, greater_is_better: bool):
     from transformers import TrainerCallback
 
@@ -472,10 +485,15 @@ def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | Non
         """Collects dev scores, runs the evaluate hooks and early stopping."""
 
         def __init__(self) -> None:
-            self.history: list[tuple[int, float]] = []
-            self.best: float | None = None
-            self.bad_evals = 0
-            self.stopped_early = False
+            self.tracker = _DevTracker(patience, greater_is_better)
+
+        @property
+        def history(self) -> list[tuple[int, float]]:
+            return self.tracker.history
+
+        @property
+        def stopped_early(self) -> bool:
+            return self.tracker.stopped_early
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -488,17 +506,8 @@ def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | Non
             clean = {k[len(strip):] if k.startswith(strip) else k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             key = primary if primary in clean else next((k for k in clean if k.endswith(primary or "")), None)
             score = clean.get(key) if key else None
-            if score is not None:
-                self.history.append((int(state.global_step), score))
-                better = self.best is None or (score > self.best if greater_is_better else score < self.best)
-                if better:
-                    self.best, self.bad_evals = score, 0
-                else:
-                    self.bad_evals += 1
-                    if patience is not None and self.bad_evals >= patience:
-                        logger.info("early stopping at step %d: no dev improvement in %d evaluations", state.global_step, patience)
-                        self.stopped_early = True
-                        control.should_training_stop = True
+            if score is not None and self.tracker.update(int(state.global_step), score):
+                control.should_training_stop = True
             for hook in hooks:
                 if hook(int(state.global_step), clean):
                     control.should_training_stop = True
