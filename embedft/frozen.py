@@ -58,7 +58,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from embedft.config import TrainingConfig, _validate
-from embedft.errors import ConfigError, DataError, ModelError
+from embedft.errors import ConfigError, DataError, ModelError, TrainingError
+from embedft.files import default_cache_root, prepare_cache_root
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -262,15 +263,6 @@ def _dtype_of(modules: Iterable[Any]) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------- the cache
-def default_cache_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$EMBEDFT_CACHE_DIR``, else ``~/.cache/embedft`` (the dataset cache's root too).
-
-    >>> str(default_cache_root("/tmp/x"))
-    '/tmp/x'
-    """
-    return Path(root or os.environ.get("EMBEDFT_CACHE_DIR") or Path.home() / ".cache" / "embedft").expanduser()
-
-
 class EmbeddingCache:
     """Backbone embeddings of distinct texts on disk, content-addressed.
 
@@ -309,7 +301,7 @@ class EmbeddingCache:
     ) -> None:
         self._encoder = _as_sentence_transformer(backbone)
         self._modules = list(self._encoder._modules.values())
-        self.root = default_cache_root(root)
+        self.root = prepare_cache_root(root)
         self.batch_size = batch_size
         self.shard_size = shard_size
         self.show_progress = show_progress
@@ -682,7 +674,7 @@ def fit_head(
             afterwards, and around ``evaluate``). One thread beats several for products this
             small, by far on a busy machine; None keeps torch's setting.
 
-    Raises :class:`FloatingPointError` when the loss is NaN or infinite (before the step is taken).
+    Raises :class:`~embedft.errors.TrainingError` when the loss is NaN or infinite (before the step is taken).
 
     Example::
 
@@ -777,7 +769,7 @@ def fit_head(
             step += 1
             number = float(value.detach())
             if not math.isfinite(number):
-                raise FloatingPointError(f"training loss is {number} at step {step}")
+                raise TrainingError.non_finite_loss(number, step, cfg.learning_rate, cfg.loss_kwargs)
             optimizer.zero_grad(set_to_none=True)
             if value.requires_grad:
                 value.backward()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sys
 import time
 import uuid
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedft.config import ModalConfig, RunConfig
 from embedft.errors import EmbedftError, require
-from embedft.training import _replace_dir
+from embedft.files import check_output_dir, new_scratch, remove_owned, replace_dir
 from embedft.trial import TrialConfig, TrialResult, run_trial
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -258,13 +257,17 @@ class ModalBackend:
         self._upload_once(local_dir, f"/models/{key}", "modules.json" if (local_dir / "modules.json").is_file() else "config.json")
         return self.remote_path("models", key)
 
-    def pull(self, remote: str, local: str | Path) -> Path:
-        """Copy a folder from the Volume (a path inside the container or relative to it) to ``local``, atomically."""
+    def pull(self, remote: str, local: str | Path, *, kind: str = "model") -> Path:
+        """Copy a folder from the Volume (a path inside the container or relative to it) to ``local``, atomically.
+
+        ``local`` must be new, empty or an embedft ``kind`` folder (it is then replaced once the new
+        copy is complete); a folder embedft did not write is refused before anything is fetched.
+        """
         rel = remote[len(self.config.mount):] if remote.startswith(self.config.mount + "/") else remote
         rel = "/" + rel.strip("/")
-        local = Path(local)
-        tmp = local.parent / f".{local.name}.pull-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        local = Path(local).expanduser()
+        check_output_dir(local, kind=kind, field="local", overwrite=True)
+        tmp = new_scratch(local)
         try:
             try:
                 files = [e for e in self.volume.listdir(rel, recursive=True) if _is_file(e)]
@@ -279,9 +282,9 @@ class ModalBackend:
                 with target.open("wb") as fh:
                     for chunk in self.volume.read_file(path):
                         fh.write(chunk)
-            _replace_dir(tmp, local, overwrite=True)  # an existing copy goes only once the new one is complete
+            replace_dir(tmp, local, kind=kind, overwrite=True)  # an existing copy goes only once the new one is complete
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_owned(tmp)
         return local
 
     def remove(self, remote: str) -> None:
@@ -340,7 +343,7 @@ class ModalBackend:
         if result.state != "complete":
             raise RemoteTrialError("the remote training run failed", field="backend", expected="a completed run", found=result.error)
         if local_output is not None:
-            self.pull(remote_out, local_output)
+            self.pull(remote_out, local_output, kind="run")
             run.save(Path(local_output) / "config.yaml")  # the config as the user wrote it, not the remote paths
         logger.info("remote training: %.0f GPU-seconds on %s", executor.gpu_seconds, self.config.gpu)
         return result

@@ -41,12 +41,17 @@ def test_refuses_existing_output_and_leaves_it_untouched(train_kwargs, tmp_path)
     out = tmp_path / "run"
     (out / "model").mkdir(parents=True)
     (out / "model" / "keep.txt").write_text("precious")
-    with pytest.raises(OutputExistsError) as err:
-        Trainer(**train_kwargs).fit()
-    assert err.value.field == "output_dir" and "overwrite" in str(err.value)
-    assert (out / "model" / "keep.txt").read_text() == "precious"
-    result = Trainer(**{**train_kwargs, "overwrite": True}).fit()
-    assert not (out / "model" / "keep.txt").exists() and (result.model_path / "modules.json").is_file()
+    for overwrite in (False, True):  # a folder embedft did not write is never replaced, whatever the flags
+        with pytest.raises(OutputExistsError) as err:
+            Trainer(**{**train_kwargs, "overwrite": overwrite}).fit()
+        assert err.value.field == "output_dir" and "not an embedft output" in str(err.value) and "--overwrite" not in str(err.value)
+        assert (out / "model" / "keep.txt").read_text() == "precious"
+    assert leftovers(tmp_path) == []
+    result = Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "run2")}).fit()
+    with pytest.raises(OutputExistsError, match="overwrite"):  # an embedft run: the hint to overwrite is right
+        Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "run2")}).fit()
+    again = Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "run2"), "overwrite": True}).fit()
+    assert (again.model_path / "modules.json").is_file() and result.model_path == again.model_path
     assert leftovers(tmp_path) == []
 
 
