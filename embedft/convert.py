@@ -125,11 +125,17 @@ def qrels_to_pairs(corpus: pd.DataFrame, queries: pd.DataFrame, qrels: pd.DataFr
     return pairs, len(set(query_text) - judged)
 
 
-def read_jsonl_records(path: Path) -> list[dict]:
-    """The JSON objects of a JSONL file (optionally gzipped); a broken line is a :class:`DataError` naming it."""
+def read_jsonl_records(path: Path, field: str = "data.source") -> list[dict]:
+    """The JSON objects of a JSONL file (optionally gzipped).
+
+    A broken line is a :class:`DataError` naming it; a file that cannot be read or decoded
+    is one too (see :func:`embedft.data.read_guard`), with ``field`` naming the setting.
+    """
+    from embedft.data import read_guard
+
     records = []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with read_guard(path, "jsonl", field), opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -146,18 +152,51 @@ def read_jsonl_records(path: Path) -> list[dict]:
 def _beir_texts(path: Path, with_title: bool) -> pd.DataFrame:
     import pandas as pd
 
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # a folder, a dangling link or a loop: read_guard says which
         raise DataError(f"{path.name} not found", field="data.source", expected=f"a BEIR folder with {path.name}", found=str(path.parent))
     records = read_jsonl_records(path)
     ids, texts = [], []
+    first_seen: dict[str, int] = {}
     for i, rec in enumerate(records, start=1):
-        if "_id" not in rec:
-            raise DataError(f"record {i} of {path.name} has no _id", field=f"{path.name}._id", expected="an _id on every record", found=sorted(rec)[:5])
+        if rec.get("_id") is None or not str(rec["_id"]).strip():
+            raise DataError(f"record {i} of {path.name} has no _id", field=f"{path.name}._id", expected="an _id on every record", found=sorted(rec)[:5] if "_id" not in rec else repr(rec["_id"]))
+        doc_id = str(rec["_id"])
+        if doc_id in first_seen:
+            raise DataError(
+                f"{path.name} has the _id {doc_id[:60]!r} twice (records {first_seen[doc_id]} and {i})",
+                field=f"{path.name}._id",
+                expected="each _id once (judgements name records by _id)",
+                found=repr(doc_id[:60]),
+            )
+        first_seen[doc_id] = i
         text = str(rec.get("text") or "")
         title = str(rec.get("title") or "") if with_title else ""
-        ids.append(str(rec["_id"]))
+        ids.append(doc_id)
         texts.append(f"{title}. {text}".strip(". ") if title and text else (title or text))
     return pd.DataFrame({"id": ids, "text": texts})
+
+
+def _read_qrels(path: Path) -> pd.DataFrame:
+    """A qrels TSV, read like every other data file; a line with fields missing is an error naming it."""
+    import pandas as pd
+
+    from embedft.data import read_guard
+
+    with read_guard(path, "qrels TSV", "data.qrels"):
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    known = [c for c in ("query-id", "corpus-id", "score") if c in table.columns]
+    if {"query-id", "corpus-id"} <= set(known):
+        short = table[known].isna().any(axis=1).to_numpy()
+        if short.any():
+            row = int(np.flatnonzero(short)[0])
+            values = [v for v in table.iloc[row].tolist() if isinstance(v, str)]
+            raise DataError(
+                f"qrels row {row + 1} (line {row + 2}) of {path.name} has {len(values)} of {len(table.columns)} fields",
+                field="data.qrels",
+                expected=f"{', '.join(known)} on every line, tab-separated",
+                found=repr("\t".join(values)[:80]),
+            )
+    return table
 
 
 def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -175,7 +214,7 @@ def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.D
     files = [Path(qrels)] if qrels is not None else sorted((folder / "qrels").glob("*.tsv"))
     frames = []
     for f in files:
-        table = pd.read_csv(f, sep="\t", dtype=str)
+        table = _read_qrels(f)
         if not {"query-id", "corpus-id"} <= set(table.columns):
             if qrels is not None:
                 raise DataError(f"{f.name} is not a qrels file", field="data.qrels", expected="columns query-id, corpus-id[, score]", found=list(table.columns))

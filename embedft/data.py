@@ -16,15 +16,21 @@ crosses splits, so no text appears in two splits, even transitively::
 
 from __future__ import annotations
 
+import csv
+import errno
+import functools
 import gzip
 import hashlib
 import io
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Sequence
+import re
+import shlex
+import sys
+import unicodedata
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
@@ -34,25 +40,59 @@ import numpy as np
 from pydantic import BaseModel
 
 from embedft.config import DataConfig, _validate
-from embedft.errors import DataError
+from embedft.errors import DataError, EmbedftError
+from embedft.files import OutputError, check_output_dir, new_scratch, prepare_cache_root, remove_owned, replace_dir
 from embedft.tasks import TaskSpec, get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import pandas as pd
 
-__all__ = ["DatasetBuilder", "BuiltDataset", "DataReport", "SplitStats", "normalize_text"]
+__all__ = ["DatasetBuilder", "BuiltDataset", "DataReport", "SplitStats", "normalize_text", "read_guard"]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-_FORMAT_VERSION = "2"  # bump when the cleaning/splitting logic changes, to invalidate caches
+_FORMAT_VERSION = "3"  # bump when the cleaning/splitting logic changes, to invalidate caches
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case and collapse whitespace: the key used to link and compare texts."""
-    return " ".join(text.lower().split())
+    """The one key texts are linked, deduplicated, compared and leak-checked by.
+
+    Unicode NFKC, invisible characters removed (format characters such as zero-width spaces
+    and joiners, the BOM and soft hyphens; control characters), case folded, every run of
+    Unicode whitespace (NBSP, ideographic space, line breaks) one space, ends stripped. A
+    text whose key is empty is an empty text::
+
+        >>> normalize_text("Cafe\\u0301\\u00a0ROOM\\u200b ")
+        'café room'
+        >>> normalize_text("\\ufeff\\u200d\\u00ad")
+        ''
+    """
+    if text.isascii():  # NFKC and case folding change no ASCII character but the letters' case
+        return " ".join((text if text.isprintable() else _ASCII_CONTROLS.sub("", text)).lower().split())
+    text = _invisible_characters().sub("", unicodedata.normalize("NFKC", text))
+    return " ".join(unicodedata.normalize("NFKC", text.casefold()).split())
+
+
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+# Invisible yet neither format nor control characters: combining grapheme joiner, Hangul
+# fillers, Khmer inherent vowels, variation selectors.
+_OTHER_INVISIBLE = "\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0\ufe00-\ufe0f\U000e0100-\U000e01ef"
+
+
+@functools.cache
+def _invisible_characters() -> re.Pattern[str]:
+    """Every format character (category Cf), every control character (Cc) that is not whitespace, and the other invisibles."""
+    ranges: list[list[int]] = []
+    for c in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(c)) in ("Cf", "Cc") and not chr(c).isspace():
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+    return re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges) + _OTHER_INVISIBLE + "]")
 
 
 class SplitStats(BaseModel):
@@ -92,6 +132,10 @@ class DataReport(BaseModel):
     corpus_docs: int | None = None
     unjudged_queries: int = 0
     shared_relevant_docs: dict[str, int] = {}
+    conflicting_pairs: int = 0
+    """Distinct pairs seen with both labels (``conflicting_duplicates`` counts the rows)."""
+    warnings: list[str] = []
+    """Legal but weak data: splits too small to measure or with one class, contradictory labels."""
 
     def summary(self) -> str:
         """A short human-readable table of the report."""
@@ -124,6 +168,7 @@ class DataReport(BaseModel):
         if self.shared_relevant_docs:
             shared = ", ".join(f"{k}: {v}" for k, v in self.shared_relevant_docs.items())
             lines.append(f"relevant documents shared between splits (allowed: splits are by query): {shared}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
@@ -160,10 +205,14 @@ class BuiltDataset:
             return self
         spec = get_task(self.task)
         train = _stratified_cap(self.train, cap, seed, spec)
-        report = self.report.model_copy(
-            update={"splits": {**self.report.splits, "train": _stats(train, spec)}, "max_train_pairs": cap}
-        )
-        return replace(self, train=train, report=report)
+        frames = {"train": train, "dev": self.dev, "test": self.test}
+        update = {
+            "splits": {**self.report.splits, "train": _stats(train, spec)},
+            "max_train_pairs": cap,
+            # the build's warnings stand (dev and test are unchanged); the cap may add one about train
+            "warnings": list(dict.fromkeys([*self.report.warnings, *_data_warnings(frames, spec, self.report.conflicting_pairs, self.report.kept)])),
+        }
+        return replace(self, train=train, report=self.report.model_copy(update=update))
 
     def with_train(self, train: pd.DataFrame) -> BuiltDataset:
         """The same dataset with another train frame (e.g. with mined hard negatives added)."""
@@ -205,11 +254,15 @@ class BuiltDataset:
         return Dataset.from_dict(data)
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write the splits (Parquet) and the report (JSON) to ``path`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    def save(self, path: str | Path, *, field: str = "path") -> Path:
+        """Write the splits (Parquet) and the report (JSON) to ``path`` atomically.
+
+        ``path`` must be new, empty or splits that embedft saved before (replaced once the new
+        copy is complete); any other folder is refused (``field`` names the setting in the error).
+        """
+        path = Path(path).expanduser()
+        check_output_dir(path, kind="splits", field=field, overwrite=True)
+        tmp = new_scratch(path)
         try:
             for name in SPLITS:
                 self.split(name).to_parquet(tmp / f"{name}.parquet", index=False)
@@ -217,23 +270,34 @@ class BuiltDataset:
             (tmp / "task.txt").write_text(self.task, encoding="utf-8")
             if self.corpus is not None:
                 self.corpus.to_parquet(tmp / "corpus.parquet", index=False)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            replace_dir(tmp, path, kind="splits")
+        except OSError as exc:
+            if isinstance(exc, EmbedftError):
+                raise
+            raise OutputError(f"cannot save the splits: {exc.strerror or exc}", field=field, expected="a writable folder with free space", found=str(path)) from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_owned(tmp)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> BuiltDataset:
-        """Read splits written by :meth:`save`."""
+        """Read splits written by :meth:`save`; a missing or damaged file is a :class:`DataError`."""
         import pandas as pd
 
-        path = Path(path)
-        frames = {name: pd.read_parquet(path / f"{name}.parquet") for name in SPLITS}
-        report = DataReport.model_validate_json((path / "report.json").read_text(encoding="utf-8"))
-        task = (path / "task.txt").read_text(encoding="utf-8").strip()
-        corpus = pd.read_parquet(path / "corpus.parquet") if (path / "corpus.parquet").is_file() else None
+        path = Path(path).expanduser()
+        try:
+            frames = {name: pd.read_parquet(path / f"{name}.parquet") for name in SPLITS}
+            report = DataReport.model_validate_json((path / "report.json").read_text(encoding="utf-8"))
+            task = (path / "task.txt").read_text(encoding="utf-8").strip()
+            corpus = pd.read_parquet(path / "corpus.parquet") if (path / "corpus.parquet").is_file() else None
+        except Exception as exc:  # pyarrow, pydantic and the OS raise their own types for a damaged folder
+            raise DataError(
+                f"cannot read saved splits: {type(exc).__name__}: {exc}",
+                field="data_dir",
+                expected="a folder written by BuiltDataset.save (train/dev/test.parquet, report.json, task.txt)",
+                found=str(path),
+            ) from None
+        get_task(task)
         return cls(**frames, report=report, task=task, corpus=corpus)
 
 
@@ -268,13 +332,17 @@ class DatasetBuilder:
         fingerprint = self._fingerprint(source_fp)
         cache_path = self._cache_path(fingerprint)
         if cache_path is not None and (cache_path / "report.json").is_file():
-            built = BuiltDataset.load(cache_path)
-            built.report.from_cache = True
-            logger.info("loaded cached splits %s", cache_path)
-            return built
+            try:
+                built = BuiltDataset.load(cache_path)
+            except DataError as exc:
+                logger.warning("the cached splits in %s cannot be read (%s); rebuilding them", cache_path, exc.message)
+            else:
+                built.report.from_cache = True
+                logger.info("loaded cached splits %s", cache_path)
+                return built
         built = self._build_frame(frame, description, fingerprint)
         if cache_path is not None:
-            built.save(cache_path)
+            built.save(cache_path, field="data.cache_dir")
         return built
 
     def mine_hard_negatives(self, built: BuiltDataset, model: Any, config: Any = None) -> tuple[BuiltDataset, Any]:
@@ -303,8 +371,7 @@ class DatasetBuilder:
     def _cache_path(self, fingerprint: str) -> Path | None:
         if not self.config.cache:
             return None
-        root = self.config.cache_dir or os.environ.get("EMBEDFT_CACHE_DIR") or Path.home() / ".cache" / "embedft"
-        return Path(root) / "datasets" / fingerprint
+        return prepare_cache_root(self.config.cache_dir) / "datasets" / fingerprint
 
     # ------------------------------------------------------------------ load
     def _load(self, src: Any) -> tuple[pd.DataFrame, str, str]:
@@ -312,6 +379,13 @@ class DatasetBuilder:
 
         self._corpus = None
         self._unjudged = 0
+        if isinstance(src, (str, os.PathLike)):
+            try:
+                os.stat(Path(src).expanduser())
+            except FileNotFoundError:
+                pass  # maybe a hub id; said below
+            except OSError as exc:  # a name too long, a loop of symlinks, no permission on a folder
+                raise DataError(f"cannot use the data path: {exc.strerror or exc}", field="data.source", expected="a readable file or folder path", found=str(src)) from None
         if isinstance(src, pd.DataFrame):
             raw, description = src.copy(), f"DataFrame ({len(src)} rows)"
         elif isinstance(src, (str, os.PathLike)) and Path(src).expanduser().is_dir():
@@ -327,6 +401,15 @@ class DatasetBuilder:
             raw, description = _frame_from_rows(src, self.task), f"list ({len(src)} rows)"
         else:
             raise DataError("unsupported data source", field="data.source", expected="path, dataset id, DataFrame or list of rows", found=type(src).__name__)
+        duplicated = list(dict.fromkeys(str(c) for c in raw.columns[raw.columns.duplicated()]))
+        if duplicated:
+            raise DataError(
+                "the data has duplicated column names",
+                field="data.columns",
+                expected="each column name once",
+                found=f"{', '.join(repr(c) for c in duplicated[:5])} more than once in {[str(c) for c in raw.columns][:20]}",
+                hint="rename or drop the duplicated columns",
+            )
         raw = _expand_nested_questions(raw)
         mapped = self._map_columns(raw)
         source_fp = _hash_frame(mapped) + ("" if self._corpus is None else _hash_frame(self._corpus))
@@ -371,6 +454,7 @@ class DatasetBuilder:
                 )
         mapping: dict[str, str] = {}
         required = list(task.input_columns)
+        missing: list[str] = []
         for role in task.roles:
             if role in explicit:
                 mapping[role] = explicit[role]
@@ -384,16 +468,24 @@ class DatasetBuilder:
             if hit is not None:
                 mapping[role] = hit
             elif role in required:
-                unused = [c for c in found if c not in mapping.values()]
-                guess = get_close_matches(role, unused, n=1) or unused[:1]
-                suggestion = f"columns={{'{role}': '{guess[0]}'}}" if guess else f"columns={{'{role}': '<your column>'}}"
-                raise DataError(
-                    f"no column for {role!r} (task {task.name})",
-                    field=f"data.columns.{role}",
-                    expected=f"one of {list(aliases)} or an explicit mapping",
-                    found=f"columns {found}",
-                    hint=f"map it explicitly, e.g. {suggestion} (CLI: --set data.columns.{role}=...)",
-                )
+                missing.append(role)
+        if missing:
+            guess = _guess_columns(raw, task, missing, set(mapping.values()))
+            pairs = [(r, guess.get(r, "<your column>")) for r in missing]
+            suggestion = "columns={" + ", ".join(f"{r!r}: {c!r}" for r, c in pairs) + "}"
+            cli = " ".join("--set " + shlex.quote(f"data.columns.{r}={c if r in guess else '...'}") for r, c in pairs)
+            aliases = {r: list(task.column_aliases.get(r, (r,))) for r in missing}
+            if len(missing) == 1:
+                expected = f"one of {aliases[missing[0]]} or an explicit mapping"
+            else:
+                expected = "a column per role, named e.g. " + ", ".join(f"{a[0]!r} ({r})" for r, a in aliases.items()) + ", or an explicit mapping"
+            raise DataError(
+                f"no column for {', '.join(repr(r) for r in missing)} (task {task.name})",
+                field=f"data.columns.{missing[0]}",
+                expected=expected,
+                found=f"columns {found}",
+                hint=f"map {'it' if len(missing) == 1 else 'them'} explicitly, e.g. {suggestion} (CLI: {cli})",
+            )
         if task.symmetric:  # ids link texts only when both sides have one
             ids = [mapping.get(i) for i in task.id_columns.values()]
             if None in ids:
@@ -448,6 +540,7 @@ class DatasetBuilder:
             corpus_docs=None if corpus is None else len(corpus),
             unjudged_queries=self._unjudged,
             shared_relevant_docs=_leakage(frames, ("positive",)) if task.uses_corpus else {},
+            warnings=_data_warnings(frames, task, counts["conflicting_pairs"], len(cleaned)),
         )
         if any(report.leakage.values()):  # pragma: no cover - guarded by construction
             raise DataError("splits share texts", field="splits", expected="0 shared texts", found=report.leakage)
@@ -456,6 +549,77 @@ class DatasetBuilder:
 
 
 # ---------------------------------------------------------------------- loading helpers
+def _column_kind(values: pd.Series) -> tuple[str, float]:
+    """What a column looks like from its first non-missing values: binary, number, id, text or empty; and its mean length."""
+    import pandas as pd
+
+    sample = [v for v in values.head(1000).tolist() if not _missing(v)][:200]
+    if not sample:
+        return "empty", 0.0
+    strings = [str(v).strip() for v in sample]
+    length = sum(map(len, strings)) / len(strings)
+    if all(isinstance(v, (bool, np.bool_)) or s.lower() in _LABEL_STRINGS for v, s in zip(sample, strings, strict=True)):
+        return "binary", length
+    if any(isinstance(v, (list, dict, tuple)) for v in sample):
+        return "other", length
+    numbers = pd.to_numeric(pd.Series(strings), errors="coerce").astype(float)
+    if numbers.notna().all() and np.isfinite(numbers).all():
+        integral = bool((numbers == numbers.round()).all())
+        many = numbers.nunique() > 0.9 * len(numbers) and len(numbers) > 2
+        return ("id" if integral and (many or numbers.max() > 100) else "number"), length
+    if length < 15 and not any(any(ch.isspace() for ch in s) for s in strings):
+        return "id", length  # short tokens: ids or codes
+    return "text", length
+
+
+def _guess_columns(raw: pd.DataFrame, task: TaskSpec, missing: Sequence[str], taken: set[str]) -> dict[str, str]:
+    """The likely column for each missing role, each column used once: what a mapping hint suggests.
+
+    Texts are string columns with longer values (a 1/2 in the name picks text1/text2, else
+    column order follows the roles' order); a 0/1 label is a column of 0/1/true/false; a
+    score is a numeric column; short numeric or token columns look like ids and are
+    suggested for nothing else. Names close to the role or its aliases weigh in.
+    """
+    from difflib import SequenceMatcher
+
+    text_roles = [*task.text_columns, *(["negative"] if "negative" in task.roles and "negative" not in task.text_columns else [])]
+    columns = [c for c in raw.columns if c not in taken][:100]  # a hint, not a search: bounded work on odd headers
+    kinds = {c: _column_kind(raw[c]) for c in columns}
+    text_rank = {c: i for i, c in enumerate(c for c in columns if kinds[c][0] == "text")}
+    candidates = []
+    for role in missing:
+        names = [role, *task.column_aliases.get(role, ())]
+        for position, col in enumerate(columns):
+            kind, length = kinds[col]
+            if role in text_roles:
+                fit = {"text": 10 + min(length, 200) / 100, "id": 3.0}.get(kind, 0.0)
+            elif role == "label" and task.label_type == "binary":
+                fit = 10.0 if kind == "binary" else 0.0
+            elif role in ("score", "label"):
+                fit = {"number": 10.0, "binary": 6.0, "id": 2.0}.get(kind, 0.0)
+            else:
+                fit = 1.0 if kind == "id" else 0.0
+            if not fit:
+                continue
+            name = str(col).lower()[:60]
+            tokens = set(re.findall(r"[a-z]+\d*|\d+", name))  # "anchor_text" -> anchor, text; "q1text" -> q1, text
+            fit += 6 if role in tokens else 4 if tokens & {n.lower() for n in names} else 0
+            fit += 2 * max(SequenceMatcher(None, name, n.lower()).ratio() for n in names)
+            digits = set(re.findall(r"\d", name))
+            if role[-1].isdigit() and digits:
+                fit += 4 if digits == {role[-1]} else -4
+            if role in text_roles and text_rank.get(col) == text_roles.index(role):
+                fit += 1
+            candidates.append((-fit, missing.index(role), position, role, col))
+    guess: dict[str, str] = {}
+    used: set[Any] = set()
+    for *_, role, col in sorted(candidates):
+        if role not in guess and col not in used:
+            guess[role] = str(col)
+            used.add(col)
+    return guess
+
+
 def _frame_from_rows(rows: Sequence[Any], task: TaskSpec) -> pd.DataFrame:
     import pandas as pd
 
@@ -477,28 +641,183 @@ def _frame_from_rows(rows: Sequence[Any], task: TaskSpec) -> pd.DataFrame:
     raise DataError("unsupported row type", field="data.source", expected="dicts or tuples", found=type(first).__name__)
 
 
-def _read_file(path: Path, fmt: str) -> pd.DataFrame:
+@contextmanager
+def read_guard(path: Path, fmt: str, field: str = "data.source") -> Iterator[None]:
+    """Turn whatever reading ``path`` raises into one :class:`DataError` (field, expected, found).
+
+    Every data file embedft reads (CSV/TSV, JSONL, Parquet, each file of a BEIR folder) is
+    read inside it: an undecodable byte (reported at its real line and byte offset), a
+    missing file, a folder or a symlink loop where a file is expected, a broken or truncated
+    compressed file, an empty or malformed table::
+
+        >>> try:
+        ...     with read_guard(Path("no-such-file.csv"), "csv"):
+        ...         open("no-such-file.csv")
+        ... except DataError as err:
+        ...     print(err.field, "/", err.expected)
+        data.source / an existing csv file
+    """
     import pandas as pd
 
+    name = path.name
     try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False, na_values=[""], compression="infer", encoding="utf-8")
-        if fmt == "jsonl":
-            return _read_jsonl(path)
-        return pd.read_parquet(path)
+        yield
     except DataError:
         raise
     except UnicodeDecodeError as exc:
-        raise DataError(f"cannot decode {path.name}", field="data.source", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}") from None
+        raise DataError(f"cannot decode {name}", field=field, expected="UTF-8 text", found=_undecodable_at(path, exc)) from None
+    except FileNotFoundError:
+        raise DataError(f"{name} not found", field=field, expected=f"an existing {fmt} file", found=str(path)) from None
+    except IsADirectoryError:
+        raise DataError(f"{name} is a folder", field=field, expected=f"a {fmt} file", found=str(path)) from None
     except (gzip.BadGzipFile, EOFError, OSError) as exc:
-        raise DataError(f"cannot read {path.name}: {exc}", field="data.source", expected=f"a readable {fmt} file", found=str(path)) from None
+        if getattr(exc, "errno", None) == errno.ELOOP:
+            reason = "a symlink loop"
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        raise DataError(f"cannot read {name}: {reason}", field=field, expected=f"a readable {fmt} file", found=str(path)) from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path.name} is empty", field="data.source", expected=f"a {fmt} file with a header and rows", found="an empty file") from None
-    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{name} is empty", field=field, expected=f"a {fmt} file with a header and rows", found="an empty file") from None
+    except (pd.errors.ParserError, ValueError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot parse {path.name}: {first}", field="data.source", expected=f"a well-formed {fmt} file", found=str(path)) from None
+        hint = "an unclosed quote (\") at the start of a field?" if "inside string" in first else None
+        raise DataError(f"cannot parse {name}: {first}", field=field, expected=f"a well-formed {fmt} file", found=str(path), hint=hint) from None
     except Exception as exc:  # pyarrow raises its own types for garbled parquet
-        raise DataError(f"cannot read {path.name}: {type(exc).__name__}: {exc}", field="data.source", expected=f"a readable {fmt} file", found=str(path)) from None
+        raise DataError(f"cannot read {name}: {type(exc).__name__}: {exc}", field=field, expected=f"a readable {fmt} file", found=str(path)) from None
+
+
+def _open_binary(path: Path) -> Any:
+    """``path`` opened for reading bytes, decompressed as pandas infers it from the suffix (gzip, bz2, xz)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _undecodable_at(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is, as line and byte offset of the (decompressed) file.
+
+    The offset in ``exc`` is within whatever block the reader decoded (pandas decodes in
+    chunks), so the file is scanned again line by line: no UTF-8 sequence contains a newline
+    byte, so a valid file decodes line by line.
+    """
+    try:
+        with _open_binary(path) as fh:
+            offset = 0
+            for lineno, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return f"byte {line[err.start:err.start + 1]!r} at line {lineno}, offset {offset + err.start}"
+                offset += len(line)
+    except Exception:  # noqa: BLE001 - the scan only improves the message
+        logger.debug("could not locate the undecodable byte in %s", path, exc_info=True)
+    return f"byte {exc.object[exc.start:exc.start + 1]!r} (position in the file unknown)"
+
+
+def _read_file(path: Path, fmt: str) -> pd.DataFrame:
+    import pandas as pd
+
+    with read_guard(path, fmt):
+        if fmt in ("csv", "tsv"):
+            sep = "," if fmt == "csv" else "\t"
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], compression="infer", encoding="utf-8")
+            _check_swallowed_rows(frame, path, fmt, sep)
+            return frame
+        if fmt == "jsonl":
+            return _read_jsonl(path)
+        return pd.read_parquet(path)
+
+
+def _check_swallowed_rows(frame: pd.DataFrame, path: Path, fmt: str, sep: str) -> None:
+    """Refuse a field that holds a line break followed by a line with a whole row's delimiters.
+
+    That is what an unclosed quote does: the quoted field runs on over the following rows,
+    delimiters and newlines included, until some later quote ends it, and those rows vanish.
+    A legitimately quoted multi-line text has no line holding (columns - 1) delimiters, or if
+    it has (commas in a CSV text), its closing quote ends the field cleanly; the quote that
+    ends a swallowing field sits inside some later text.
+    """
+    import pandas as pd
+
+    need = max(1, len(frame.columns) - 1)
+    suspects: dict[int, str] = {}  # row index -> column
+    for col in frame.columns:
+        values = frame[col]
+        if not pd.api.types.is_string_dtype(values) and not pd.api.types.is_object_dtype(values):
+            continue
+        try:
+            broken = values.str.contains("\n|\r", regex=True, na=False)
+        except (AttributeError, TypeError):  # no strings in this column
+            continue
+        for i in np.flatnonzero(broken.to_numpy(dtype=bool)):
+            if any(line.count(sep) >= need for line in re.split(r"\r\n|\r|\n", values.iloc[i])[1:]):
+                suspects.setdefault(int(i), col)
+    if not suspects:
+        return
+    i, lines = _first_unclean_record(path, sep, sorted(suspects))
+    if i is None:
+        return
+    col = suspects[i]
+    text = str(frame[col].iloc[i])
+    where = f"lines {lines[0]}-{lines[1]}" if lines else "several lines"
+    raise DataError(
+        f"row {i + 1}{f' (line {lines[0]})' if lines else ''} of {path.name} swallowed the rows after it: "
+        f"its {str(col)!r} field holds line breaks and whole rows",
+        field="data.source",
+        expected=f"a well-formed {fmt} file (one row per line; quotes closed)",
+        found=f"{where} read as one row, the field starting {text[:40]!r}",
+        hint='an unclosed quote (") at the start of that field? Close it, or quote the field and double the quotes inside',
+    )
+
+
+def _first_unclean_record(path: Path, sep: str, rows: list[int]) -> tuple[int | None, tuple[int, int] | None]:
+    """The first of data ``rows`` (0-based) whose quotes do not close cleanly, with its first and last line.
+
+    One pass of the csv module over the file (it splits records as pandas does; blank lines
+    skipped); a record is clean when it also parses with ``strict=True`` (a closing quote
+    followed by a delimiter or line end). When the file cannot be scanned, the first row is
+    returned without lines.
+    """
+    wanted = set(rows)
+    try:
+        with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+            buffer: list[str] = []
+
+            def lines() -> Iterator[str]:
+                for line in fh:
+                    buffer.append(line)
+                    yield line
+
+            reader = csv.reader(lines(), delimiter=sep)
+            end, n = 0, -1  # the header is record -1
+            for record in reader:
+                start, end = end + 1, reader.line_num
+                if record:
+                    if n in wanted:
+                        try:
+                            clean = len(list(csv.reader(io.StringIO("".join(buffer)), delimiter=sep, strict=True))) == 1
+                        except csv.Error:
+                            clean = False
+                        if not clean:
+                            return n, (start, end)
+                        wanted.discard(n)
+                        if not wanted:
+                            return None, None
+                    n += 1
+                buffer.clear()
+    except Exception:  # noqa: BLE001 - a file pandas read but the csv module cannot: trust the delimiter count
+        logger.debug("could not scan %s for swallowed rows", path, exc_info=True)
+        return rows[0], None
+    return None, None
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -550,7 +869,8 @@ def _hash_frame(frame: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------------- cleaning
-_LABEL_STRINGS = {"0": 0, "1": 1}
+# The documented spellings of a 0/1 label in a text file, compared case-insensitively.
+_LABEL_STRINGS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 
 
 def _parse_label(value: Any, row: int) -> int:
@@ -560,12 +880,12 @@ def _parse_label(value: Any, row: int) -> int:
         return int(value)
     if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
         return int(value)
-    if isinstance(value, str) and value.strip() in _LABEL_STRINGS:
-        return _LABEL_STRINGS[value.strip()]
+    if isinstance(value, str) and value.strip().lower() in _LABEL_STRINGS:
+        return _LABEL_STRINGS[value.strip().lower()]
     raise DataError(
         f"invalid label in row {row}",
         field="label",
-        expected="0/1, true/false or '0'/'1'",
+        expected="0/1, true/false (any case) or '0'/'1'",
         found=repr(value),
     )
 
@@ -579,11 +899,12 @@ def _normalise_scores(frame: pd.DataFrame, given: tuple[float, float] | None) ->
     """Scores to floats in [0, 1] from the given range, or one inferred from the data (0-1, 0-5, 0-10, 0-100, else min-max)."""
     import pandas as pd
 
-    values = pd.to_numeric(frame["label"], errors="coerce")
-    bad = values.isna() & frame["label"].notna()
+    raw = frame["label"]
+    values = pd.to_numeric(raw, errors="coerce").astype(float)
+    bad = (values.isna() & raw.notna()) | np.isinf(values)  # words, 'nan' and 'inf' written in the data
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-        raise DataError(f"invalid score in row {row}", field="score", expected="a number", found=repr(frame["label"].iloc[row - 1]))
+        raise DataError(f"invalid score in row {row}", field="score", expected="a number (not inf or nan)", found=repr(raw.iloc[row - 1]))
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 1
         raise DataError(f"missing score in row {row}", field="score", expected="a number", found="an empty value")
@@ -617,13 +938,14 @@ def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str,
     id_cols = [c for c in task.id_columns.values() if c in frame.columns]
     has_label = task.label_type != "none"
     seen: dict[tuple[str, ...], int] = {}
+    conflicting: set[tuple[str, ...]] = set()
     keep_rows: list[dict[str, Any]] = []
     for i, rec in enumerate(frame.to_dict("records")):
         row = i + 1
         label = None
         if task.label_type == "binary":
             raw_label = rec["label"]
-            if raw_label is None or (isinstance(raw_label, float) and np.isnan(raw_label)):
+            if _missing(raw_label):
                 raise DataError(f"missing label in row {row}", field="label", expected="0/1, true/false or '0'/'1'", found="an empty value")
             label = _parse_label(raw_label, row)
         elif task.label_type == "score":
@@ -636,13 +958,14 @@ def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str,
             if not isinstance(text, str):
                 raise DataError(f"text is not a string in row {row}", field=role, expected="a string", found=type(text).__name__)
         texts = [t.strip() for t in texts]
-        if not all(texts):
+        norms = [normalize_text(t) for t in texts]
+        if not all(norms):  # empty, blank, or nothing but invisible characters
             counts["dropped_empty_text"] += 1
             continue
         extras = {}
         for role in extra_texts:
             value = rec[role]
-            if _missing(value) or (isinstance(value, str) and not value.strip()):
+            if _missing(value) or (isinstance(value, str) and not normalize_text(value)):
                 extras[role] = None
             elif not isinstance(value, str):
                 raise DataError(f"text is not a string in row {row}", field=role, expected="a string", found=type(value).__name__)
@@ -656,8 +979,7 @@ def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str,
                     expected=f"at most {MAX_TEXT_CHARS} characters",
                     found=f"{len(text)} characters starting {text[:40]!r}",
                 )
-        norms = [normalize_text(t) for t in texts]
-        ids = {c: (None if _missing(rec[c]) else str(rec[c])) for c in id_cols}
+        ids = {c: _id_key(rec[c]) for c in id_cols}
         same_ids = task.symmetric and len(ids) == 2 and None not in ids.values() and len(set(ids.values())) == 1
         if norms[0] == norms[1] or same_ids:
             counts["dropped_self_pairs"] += 1
@@ -676,6 +998,7 @@ def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str,
             counts["dropped_duplicates"] += 1
             if has_label and keep_rows[seen[key]]["label"] != label:
                 counts["conflicting_duplicates"] += 1
+                conflicting.add(key)
             continue
         seen[key] = len(keep_rows)
         out: dict[str, Any] = dict(zip(text_cols, texts, strict=True))
@@ -687,11 +1010,40 @@ def _clean(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str,
     import pandas as pd
 
     columns = text_cols + extra_texts + (["label"] if has_label else []) + id_cols
+    counts["conflicting_pairs"] = len(conflicting)
     return pd.DataFrame(keep_rows, columns=columns), counts
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    """None, NaN (float or numpy), ``pd.NA`` or ``pd.NaT``."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+# Spellings of "no id" that files and DataFrames use, compared case-insensitively.
+_BLANK_IDS = frozenset({"", "nan", "none", "null", "na", "n/a", "<na>", "nat"})
+
+
+def _id_key(value: Any) -> str | None:
+    """The id a text is linked by, or None when the value means "no id".
+
+    Missing values (None, NaN, ``pd.NA``), empty or whitespace-only strings and the
+    placeholders ``nan``, ``none``, ``null``, ``na``, ``n/a`` (any case) are no id: a row
+    without ids is grouped by its texts only, never through a shared blank. Whole floats
+    read as ints, so ``7.0`` and ``7`` are one id::
+
+        >>> [_id_key(v) for v in (" ", "N/A", None, 7.0, " q7 ")]
+        [None, None, None, '7', 'q7']
+    """
+    if _missing(value):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return None if text.lower() in _BLANK_IDS else text
 
 
 def _with_corpus(frame: pd.DataFrame, corpus: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -708,23 +1060,24 @@ def _with_corpus(frame: pd.DataFrame, corpus: pd.DataFrame | None) -> tuple[pd.D
         frame["query_id"] = [ids.setdefault(normalize_text(q), f"q{len(ids)}") for q in frame["query"]]
     if corpus is not None:
         return frame, corpus[["doc_id", "text"]].reset_index(drop=True)
-    by_text: dict[str, str] = {}
+    by_key: dict[str, tuple[str, str]] = {}  # normalised text -> (doc id, first spelling seen): one document per text
     if "doc_id" in frame.columns and frame["doc_id"].notna().all():
         for d, t in zip(frame["doc_id"], frame["positive"], strict=True):
-            by_text.setdefault(t, str(d))
+            by_key.setdefault(normalize_text(t), (str(d), t))
     else:
         frame["doc_id"] = None
-    texts = list(dict.fromkeys([*frame["positive"], *(frame["negative"].dropna() if "negative" in frame.columns else [])]))
-    taken = set(by_text.values())
+    texts = [*frame["positive"], *(frame["negative"].dropna() if "negative" in frame.columns else [])]
+    taken = {d for d, _ in by_key.values()}
     for t in texts:
-        if t not in by_text:
-            n = len(by_text)
+        key = normalize_text(t)
+        if key not in by_key:
+            n = len(by_key)
             while f"d{n}" in taken:
                 n += 1
-            by_text[t] = f"d{n}"
-            taken.add(by_text[t])
-    frame["doc_id"] = [by_text[t] for t in frame["positive"]]
-    return frame, pd.DataFrame({"doc_id": list(by_text.values()), "text": list(by_text.keys())})
+            by_key[key] = (f"d{n}", t)
+            taken.add(f"d{n}")
+    frame["doc_id"] = [by_key[normalize_text(t)][0] for t in frame["positive"]]
+    return frame, pd.DataFrame({"doc_id": [d for d, _ in by_key.values()], "text": [t for _, t in by_key.values()]})
 
 
 # ---------------------------------------------------------------------- splitting
@@ -749,7 +1102,7 @@ def _components(frame: pd.DataFrame, task: TaskSpec) -> np.ndarray:
     cols = list(task.group_columns)
     id_of = {c: task.id_columns[c] for c in cols if c in task.id_columns and task.id_columns[c] in frame.columns}
     texts = {c: ["t:" + normalize_text(t) for t in frame[c]] for c in cols}
-    ids = {c: frame[i].tolist() for c, i in id_of.items()}
+    ids = {c: [_id_key(v) for v in frame[i]] for c, i in id_of.items()}  # a blank id links nothing
     for r in range(len(frame)):
         first = texts[cols[0]][r]
         find(first)
@@ -757,7 +1110,7 @@ def _components(frame: pd.DataFrame, task: TaskSpec) -> np.ndarray:
             union(first, texts[c][r])
         for c, values in ids.items():
             if values[r] is not None:
-                union(texts[c][r], f"i:{c}:{values[r]}" if not task.symmetric else "i:" + str(values[r]))
+                union(texts[c][r], f"i:{c}:{values[r]}" if not task.symmetric else "i:" + values[r])
     roots = [find(t) for t in texts[cols[0]]]
     index: dict[str, int] = {}
     return np.array([index.setdefault(r, len(index)) for r in roots], dtype=np.int64)
@@ -816,6 +1169,51 @@ def _check_splittable(frames: dict[str, pd.DataFrame], n_components: int, task: 
                 found=f"{n_components} group(s); {name} got {len(f)} pair(s), labels {sorted(labels)}",
                 hint="add more data or change data.splits",
             )
+        if task.label_type == "score" and name in ("dev", "test") and f["label"].nunique() < 2:
+            raise DataError(
+                f"every gold score in the {name} split is the same: its Spearman correlation is undefined",
+                field=f"data.splits.{name}",
+                expected=f"at least two different scores in the {name} split",
+                found=f"{len(f)} pair(s), all scored {float(f['label'].iloc[0]):g} (normalised)",
+                hint="add pairs with other scores, or change data.splits / data.seed",
+            )
+
+
+# What the data report warns about (legal data, weak results).
+MIN_EVAL_PAIRS = 50  # below it, one pair moves accuracy by more than 2 points
+MAX_CONFLICT_SHARE = 0.05  # of distinct pairs seen with both labels
+
+
+def _data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_pairs: int, kept: int) -> list[str]:
+    """Warnings for data that builds but measures or trains poorly: tiny eval splits, one class, contradictory labels."""
+    out = []
+    one, many = ("query", "queries") if task.uses_corpus else ("pair", "pairs")
+    for name in ("dev", "test"):
+        f = frames[name]
+        n = int(f["query_id"].nunique()) if task.uses_corpus and "query_id" in f.columns else len(f)
+        if n < MIN_EVAL_PAIRS:
+            out.append(
+                f"the {name} split has {n} {many}, fewer than {MIN_EVAL_PAIRS}: one {one} moves its metrics by more than "
+                f"{100 / MIN_EVAL_PAIRS:g} points, so {name} scores are mostly noise (add data or enlarge data.splits.{name})"
+            )
+    if task.label_type == "binary":
+        for name, f in frames.items():
+            labels = set(f["label"].tolist())
+            if len(labels) == 1:
+                only = "positive (1)" if labels == {1} else "negative (0)"
+                out.append(
+                    f"the {name} split has only {only} pairs: losses that contrast positives with labelled "
+                    f"negatives (OnlineContrastiveLoss, ContrastiveLoss) have nothing to compare"
+                    + ("" if name == "train" else "; its classification metrics are meaningless")
+                )
+        if kept and conflicting_pairs / kept > MAX_CONFLICT_SHARE:
+            out.append(
+                f"{conflicting_pairs} of {kept} distinct pairs ({conflicting_pairs / kept:.1%}) were seen with both labels, "
+                f"more than {MAX_CONFLICT_SHARE:.0%}: the first label was kept; check the labelling"
+            )
+    elif task.label_type == "score" and frames["train"]["label"].nunique() < 2:
+        out.append("every score in the train split is the same: a similarity loss has nothing to learn from")
+    return out
 
 
 def _stratified_cap(frame: pd.DataFrame, cap: int, seed: int, task: TaskSpec) -> pd.DataFrame:
