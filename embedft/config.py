@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from embedft.errors import ConfigError
 
 __all__ = [
+    "StrictModel",
+    "Seed",
+    "ConfigLoader",
+    "load_yaml",
     "SplitRatios",
     "DataConfig",
     "DenseHead",
@@ -43,8 +47,79 @@ DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CANONICAL_COLUMNS = ("text1", "text2", "label", "score", "id1", "id2", "anchor", "positive", "negative", "query", "query_id", "doc_id")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A random seed: numpy accepts 0 .. 2**32 - 1."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are refused and numbers are numbers.
+
+    A boolean is not a number (``max_train_pairs: true`` is refused, not read as 1) and a
+    float is finite (``.inf``, ``.nan``, ``"nan"`` and ``1e999`` are refused). A float written
+    as a string (YAML reads ``2e-5`` as one) is still read as a float.
+
+    >>> RunConfig.from_dict({"training": {"epochs": True}})
+    Traceback (most recent call last):
+    ...
+    embedft.errors.ConfigError: invalid config in config: a boolean is not a number (field: training.epochs; expected: a number; found: True)
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        # A model-level check (a field-level "*" validator would also wrap discriminator fields).
+        if isinstance(data, dict):
+            for name, value in data.items():
+                kinds = _number_kinds(cls, name)
+                if kinds is not None:
+                    try:
+                        _check_numbers(value, bool_ok="bool" in kinds, integer="float" not in kinds)
+                    except ConfigError as exc:
+                        raise ConfigError(exc.message, field=str(name), expected=exc.expected, found=exc.found) from None
+        return data
+
+
+_NUMBER_KINDS: dict[tuple[type, str], frozenset[str] | None] = {}
+
+
+def _number_kinds(cls: type[BaseModel], name: Any) -> frozenset[str] | None:
+    """Which of int, float and bool a field's annotation admits (None: no number at all)."""
+    key = (cls, str(name))
+    if key not in _NUMBER_KINDS:
+        found: set[str] = set()
+
+        def scan(annotation: Any) -> None:
+            if annotation in (int, float, bool):
+                found.add(annotation.__name__)
+            elif get_origin(annotation) is not Literal:
+                for arg in get_args(annotation):
+                    scan(arg)
+
+        field = cls.model_fields.get(str(name))
+        scan(field.annotation if field is not None else None)
+        _NUMBER_KINDS[key] = frozenset(found) if found & {"int", "float"} else None
+    return _NUMBER_KINDS[key]
+
+
+def _check_numbers(value: Any, *, bool_ok: bool, integer: bool) -> None:
+    if isinstance(value, bool):
+        if not bool_ok:
+            raise ConfigError("a boolean is not a number", expected="an integer" if integer else "a number", found=value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError("not a finite number", expected="a finite number", found=value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_numbers(item, bool_ok=bool_ok, integer=integer)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item, bool_ok=bool_ok, integer=integer)
+
+
+class _Section(StrictModel):
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class SplitRatios(_Section):
@@ -100,7 +175,7 @@ class DataConfig(_Section):
     hf_split: str = "train"
     columns: dict[str, str] = Field(default_factory=dict)
     splits: SplitRatios = Field(default_factory=SplitRatios)
-    seed: int = 42
+    seed: Seed = 42
     max_train_pairs: int | None = Field(None, gt=0)
     cache: bool = True
     cache_dir: str | None = None
@@ -158,8 +233,8 @@ class TrainingConfig(_Section):
     loss: str | None = None
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     hard_negatives: bool = False
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0, le=10_000)  # a bound: 1e300 epochs would run for ever without a word
+    max_steps: int | None = Field(None, gt=0, le=100_000_000)
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -167,7 +242,7 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     eval_steps: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
-    seed: int = 42
+    seed: Seed = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     eval_batch_size: int = Field(64, gt=0)
@@ -251,6 +326,8 @@ class RunConfig(_Section):
                 found=loss,
             )
         spec = task.losses[loss]
+        if self.training.loss_kwargs:  # checked against the loss's signature here, so a search stops before any trial
+            spec.prepare_kwargs(self.training.loss_kwargs)
         if spec.needs_guide and not self.training.guide_model:
             raise ConfigError(f"{loss} needs a guide model", field="training.guide_model", expected="a model id or path (e.g. a larger embedding model)", found=None)
         unknown_roles = sorted(set(self.data.columns) - set(task.roles))
@@ -335,9 +412,11 @@ def _split_assignment(text: str) -> tuple[str, str]:
 def _parse_scalar(value: str) -> Any:
     try:
         # YAML 1.1 needs a dot in exponent floats; accept 3e-5 as a float too.
-        return float(value) if _looks_like_exp_float(value) else yaml.safe_load(value)
+        return float(value) if _looks_like_exp_float(value) else load_yaml(value)
     except yaml.YAMLError:
         return value
+    except ConfigError as exc:  # a duplicate key or an alias bomb inside the value
+        raise ConfigError(f"invalid --set value: {exc.message}", field="--set", expected=exc.expected, found=value) from None
 
 
 def _looks_like_exp_float(value: str) -> bool:
@@ -393,14 +472,228 @@ def _config_error(exc: ValidationError, source: str) -> ConfigError:
     if isinstance(found, dict):
         found = None  # the message already says what is wrong with a whole section
     more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    return ConfigError(f"invalid config in {source}: {message}{more}", field=field, found=_short(found))
+    expected = _EXPECTED.get(kind)
+    try:
+        expected = expected.format(**(err.get("ctx") or {})) if expected else None
+    except (KeyError, IndexError):
+        expected = None
+    return ConfigError(f"invalid config in {source}: {message}{more}", field=field, expected=expected, found=_short(found))
+
+
+# What pydantic's error types expect, for the ``expected:`` part of an error line ({...}: the error's ctx).
+_EXPECTED = {
+    "greater_than": "a number > {gt}",
+    "greater_than_equal": "a number >= {ge}",
+    "less_than": "a number < {lt}",
+    "less_than_equal": "a number <= {le}",
+    "finite_number": "a finite number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "too_short": "at least {min_length} item(s)",
+}
 
 
 def _short(value: Any) -> Any:
+    """A short, secret-free ``repr`` of a found value: long values are cut before they are formatted,
+    and a URL inside is shown with its password masked."""
+    import reprlib
+
+    from embedft.redact import redact_url
+
     if value is None:
         return None
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+
+    def clean(v: Any, depth: int = 0) -> Any:
+        if isinstance(v, str):
+            v = v[:2000]
+            return redact_url(v) if "://" in v else v
+        if depth < 3 and isinstance(v, (list, tuple)):
+            return type(v)(clean(x, depth + 1) for x in list(v)[:20])
+        if depth < 3 and isinstance(v, dict):
+            return {clean(k, depth + 1): clean(x, depth + 1) for k, x in list(v.items())[:20]}
+        return v
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxtuple = 80, 80, 6, 6, 6
+    return short.repr(clean(value))
+
+
+MAX_ALIAS_NODES = 10_000
+"""How many nodes YAML aliases may add to a document; a "billion laughs" config is refused."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and bounds alias expansion.
+
+    The document is composed into YAML nodes first (an alias is a second reference to one
+    node, so this is as small as the text); its size with every alias expanded is counted
+    per node before any Python object is built. Tags stay those of ``yaml.safe_load``
+    (``!!python/...`` is refused).
+
+    >>> load_yaml("base: &b {lr: 0.1}\\nother: *b")
+    {'base': {'lr': 0.1}, 'other': {'lr': 0.1}}
+    >>> load_yaml("training: {epochs: 1}\\ntraining: {epochs: 2}")
+    Traceback (most recent call last):
+    ...
+    embedft.errors.ConfigError: duplicate key 'training' at line 2 (field: training; expected: each key once per mapping (a second one would silently replace the first); found: 'training' at lines 1 and 2)
+    """
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return self.construct_document(node)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`ConfigLoader` (``yaml.safe_load`` with the checks above)."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except RecursionError:
+        raise ConfigError("the YAML document is nested too deeply", field="config", expected="a config nested a few levels", found="more levels than Python can follow") from None
+
+
+MAX_ALIAS_CHARS = 1_000_000
+"""How many characters YAML aliases may add to a document (many aliases of one long string)."""
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse duplicate mapping keys, recursive aliases and alias expansion past ``MAX_ALIAS_NODES`` values
+    or ``MAX_ALIAS_CHARS`` characters, before any Python object is built."""
+    sizes: dict[int, tuple[int, int]] = {}  # node id -> expanded (values, characters); (-1, -1) while counted
+
+    def size(node: yaml.Node, path: tuple[str, ...]) -> tuple[int, int]:
+        known = sizes.get(id(node))
+        if known is not None:
+            if known[0] < 0:
+                raise ConfigError("a YAML alias refers to a node that contains it", field=".".join(path) or "config", expected="no recursive aliases", found=f"line {node.start_mark.line + 1}")
+            return known
+        sizes[id(node)] = (-1, -1)
+        total, chars = 1, 0
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if (key.tag, name) in first:
+                        raise ConfigError(
+                            f"duplicate key {name[:60]!r} at line {line}",
+                            field=".".join((*path, name)),
+                            expected="each key once per mapping (a second one would silently replace the first)",
+                            found=f"{name[:60]!r} at lines {first[(key.tag, name)]} and {line}",
+                        )
+                    first[(key.tag, name)] = line
+                for part in (size(key, path), size(value, (*path, name) if name is not None else path)):
+                    total, chars = total + part[0], chars + part[1]
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                part = size(item, (*path, str(i)))
+                total, chars = total + part[0], chars + part[1]
+        else:
+            chars = len(str(node.value))
+        sizes[id(node)] = (total, chars)
+        return total, chars
+
+    total, chars = size(root, ())
+    if total - len(sizes) > MAX_ALIAS_NODES:
+        raise ConfigError(
+            "YAML aliases expand the config too far",
+            field="config",
+            expected=f"aliases adding at most {MAX_ALIAS_NODES:,} values",
+            found=f"{total - len(sizes):,} values added to {len(sizes):,} written",
+        )
+    if chars > MAX_ALIAS_CHARS and chars > 2 * _written_chars(root):
+        raise ConfigError(
+            "YAML aliases expand the config too far",
+            field="config",
+            expected=f"aliases adding at most {MAX_ALIAS_CHARS:,} characters",
+            found=f"{chars:,} characters once expanded",
+        )
+
+
+def _written_chars(root: yaml.Node) -> int:
+    """Characters of the scalars as written (each node once, however often it is aliased)."""
+    seen: set[int] = set()
+    stack, chars = [root], 0
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(x for pair in node.value for x in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        else:
+            chars += len(str(node.value))
+    return chars
+
+
+class _JsonObject(dict):
+    """A parsed JSON object that remembers the first key it was given twice."""
+
+    duplicate: str | None = None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject()
+    for key, value in pairs:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+def _json_duplicate(node: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """The path of a key given twice in one JSON object, if any."""
+    if isinstance(node, _JsonObject) and node.duplicate is not None:
+        return (*path, node.duplicate)
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        found = _json_duplicate(value, (*path, str(key)))
+        if found:
+            return found
+    return None
+
+
+def _load_json(text: str) -> Any:
+    """Parse JSON text, refusing a key given twice in one object (the second would replace the first)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object)
+        duplicate = _json_duplicate(data)
+    except RecursionError:
+        raise ConfigError("the JSON document is nested too deeply", field="config", expected="a config nested a few levels", found="more levels than Python can follow") from None
+    if duplicate is None:
+        return data
+    import re
+
+    key = duplicate[-1]
+    places = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    where = f" at line {text.count(chr(10), 0, places[1]) + 1}" if len(places) == 2 else ""
+    raise ConfigError(
+        f"duplicate key {key!r}{where}",
+        field=".".join(duplicate),
+        expected="each key once per object (a second one would silently replace the first)",
+        found=f"{key!r} twice",
+    )
+
+
+def _parse_problem(exc: Exception) -> str:
+    """A YAML/JSON parser's error in one line: what is wrong and where."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        started = exc.context_mark
+        context = f"{exc.context}" + (f" (from line {started.line + 1}, column {started.column + 1})" if started else "") + ": " if exc.context else ""
+        return f"{context}{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(exc)
 
 
 def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
@@ -413,9 +706,9 @@ def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
     except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = _load_json(text) if path.suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot parse {path.name}: {exc}", field="config", expected="valid YAML or JSON", found=str(path)) from None
+        raise ConfigError(f"cannot parse {path.name}: {_parse_problem(exc)}", field="config", expected="valid YAML or JSON", found=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
