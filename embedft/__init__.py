@@ -17,6 +17,7 @@ from embedft.errors import (
     MissingDependencyError,
     ModelError,
     OutputExistsError,
+    TrainingError,
 )
 from embedft.results import EvalReport, TrainResult
 from embedft.search import CategoricalParam, FloatParam, IntParam, OptunaSearch, PrunerConfig, SamplerConfig, SearchConfig, SearchResult
@@ -58,6 +59,7 @@ __all__ = [
     "TASKS",
     "TaskSpec",
     "Trainer",
+    "TrainingError",
     "TrainResult",
     "TrainingConfig",
     "get_task",

@@ -12,7 +12,7 @@ from embedft.errors import ConfigError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model"]
+__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model", "position_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,32 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
+def position_limit(model: SentenceTransformer) -> int | None:
+    """The longest input, in tokens, the model's position embeddings cover (None when unbounded or unknown).
+
+    ``max_position_embeddings`` of the first transformer module, less the offset of models
+    whose positions start after the padding index (RoBERTa, MPNet: 514 positions, 512 tokens).
+    """
+    for module in model.modules():
+        inner = getattr(module, "auto_model", None)
+        config = getattr(inner, "config", None)
+        if config is None:
+            continue
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        positions = getattr(config, "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions <= 0:
+            return None
+        offset = 0
+        for sub in inner.modules():
+            padding_idx = getattr(sub, "padding_idx", None)
+            if isinstance(padding_idx, int) and hasattr(sub, "position_embeddings"):
+                offset = padding_idx + 1
+                break
+        return positions - offset
+    return None
+
+
 def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> SentenceTransformer:
     """The base model with the configured max length, Dense head and frozen backbone."""
     import torch
@@ -101,6 +127,14 @@ def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> Senten
             found=cfg.base_model,
         ) from None
     if cfg.max_seq_length is not None:
+        limit = position_limit(model)
+        if limit is not None and cfg.max_seq_length > limit:
+            raise ConfigError(
+                "max_seq_length is longer than the model's position embeddings",
+                field="model.max_seq_length",
+                expected=f"at most {limit} tokens for {cfg.base_model}",
+                found=cfg.max_seq_length,
+            )
         model.max_seq_length = cfg.max_seq_length
     if cfg.dense is None:
         return model

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from embedft.data import DataReport
 from embedft.mining import MiningReport
@@ -12,13 +13,46 @@ from embedft.mining import MiningReport
 __all__ = ["EvalReport", "MatryoshkaRow", "TrainResult"]
 
 
+# NaN and infinite numbers are written to JSON as "NaN"/"Infinity" strings (valid JSON, read back as floats).
+_JSON_FLOATS = ConfigDict(ser_json_inf_nan="strings")
+
+
 class EvalReport(BaseModel):
-    """Metrics of one model on dev and test. Test thresholds were chosen on dev."""
+    """Metrics of one model on dev and test. Test thresholds were chosen on dev.
+
+    A metric the data cannot support comes out NaN or infinite; it is listed in ``warnings``::
+
+        >>> EvalReport(primary_metric="spearman", dev={"spearman": float("nan")}).warnings
+        ['dev spearman is nan: the split cannot support this metric (e.g. constant gold scores or one class)']
+    """
+
+    model_config = _JSON_FLOATS
 
     primary_metric: str
     greater_is_better: bool = True
     dev: dict[str, float]
     test: dict[str, float] = {}
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def warnings(self) -> list[str]:
+        """One line per non-finite metric (which split, which metric)."""
+        return [
+            f"{split} {key} is {value}: the split cannot support this metric (e.g. constant gold scores or one class)"
+            for split, metrics in (("dev", self.dev), ("test", self.test))
+            for key, value in metrics.items()
+            if not math.isfinite(value)
+        ]
+
+    def summary(self) -> str:
+        """A dev/test table of the metrics, then a ``warning:`` line per non-finite metric."""
+        keys = list(dict.fromkeys([*self.dev, *self.test]))
+        lines = [f"{'metric':<20} {'dev':>8} {'test':>8}"]
+        for key in keys:
+            dev, test = self.dev.get(key), self.test.get(key)
+            lines.append(f"{key:<20} {'-' if dev is None else f'{dev:.4f}':>8} {'-' if test is None else f'{test:.4f}':>8}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
 
     @property
     def dev_score(self) -> float:
@@ -34,6 +68,8 @@ class EvalReport(BaseModel):
 class MatryoshkaRow(BaseModel):
     """Quality at one truncated embedding size: bytes per float32 vector and the primary metric."""
 
+    model_config = _JSON_FLOATS
+
     dimension: int
     bytes_per_vector: int
     dev: float
@@ -42,7 +78,14 @@ class MatryoshkaRow(BaseModel):
 
 
 class TrainResult(BaseModel):
-    """What :meth:`embedft.Trainer.fit` did: before/after metrics, timings and paths."""
+    """What :meth:`embedft.Trainer.fit` did: before/after metrics, timings and paths.
+
+    ``warnings`` holds what the numbers cannot be trusted for: the data report's warnings
+    (splits too small or one-class, contradictory labels) and every non-finite metric,
+    naming the model and split; :meth:`summary` prints them under the table.
+    """
+
+    model_config = _JSON_FLOATS
 
     task: str
     base_model: str
@@ -65,6 +108,7 @@ class TrainResult(BaseModel):
     matryoshka: list[MatryoshkaRow] = []
     mining: MiningReport | None = None
     frozen_cache: dict[str, float] | None = None
+    warnings: list[str] = []
 
     def improvement(self, metric: str | None = None, split: str = "test") -> float:
         """after - before for ``metric`` (the primary one by default) on ``split``."""
@@ -101,5 +145,6 @@ class TrainResult(BaseModel):
                 lines.append(f"{row.dimension:>9} {row.bytes_per_vector:>6} {base:>9} {test:>8} {row.dev:>8.4f}")
         if self.mining is not None:
             lines.append(self.mining.summary())
+        lines.extend(f"warning: {w}" for w in self.warnings)
         lines.append(f"model: {self.model_path}")
         return "\n".join(lines)

@@ -16,6 +16,10 @@ sentence-transformers only when called, so this module stays light::
 
 from __future__ import annotations
 
+import ast
+import inspect
+import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,8 +57,47 @@ class LossSpec:
     uses_in_batch_negatives: bool = False
     needs_guide: bool = False
 
-    def build(self, model: SentenceTransformer, **kwargs: Any):
-        """Instantiate the loss for ``model``; ``kwargs`` go to the loss constructor."""
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The keyword arguments a config may give this loss (``training.loss_kwargs``).
+
+        Read from the loss class's ``__init__`` (a factory names it in ``loss_class``), or
+        from the factory itself; the arguments embedft supplies (the model, a guide model)
+        are left out. Imports sentence-transformers for its losses.
+        """
+        target = getattr(self.factory, "loss_class", None)
+        if isinstance(target, str):
+            from sentence_transformers.sentence_transformer import losses
+
+            target = getattr(losses, target)
+        function = target.__init__ if isinstance(target, type) else (target or self.factory)
+        params = list(inspect.signature(function).parameters.values())
+        if params and params[0].name == "self":
+            params = params[1:]
+        return {p.name: p for p in params[1:] if p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name not in _SUPPLIED_ARGUMENTS}
+
+    def prepare_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``training.loss_kwargs`` checked against the loss's signature, names of functions resolved.
+
+        Unknown names and values of the wrong type (per the annotation, or the default's
+        type) raise :class:`ConfigError`; a distance metric or similarity function given by
+        name (``distance_metric: EUCLIDEAN``, ``similarity_fct: dot_score``) becomes the
+        function. Runs without a model, so a config is checked before one loads::
+
+            >>> spec = get_task("pair-classification").loss("ContrastiveLoss")
+            >>> sorted(spec.prepare_kwargs({"margin": 1, "distance_metric": "cosine_distance"}))
+            ['distance_metric', 'margin']
+            >>> spec.prepare_kwargs({"margin": "big"})
+            Traceback (most recent call last):
+            ...
+            embedft.errors.ConfigError: wrong type for ContrastiveLoss argument 'margin' (field: training.loss_kwargs.margin; expected: a finite number (float); found: 'big' (str))
+        """
+        return _prepare_loss_kwargs(self, dict(kwargs))
+
+    def build(self, model: SentenceTransformer, *, guide: Any = None, **kwargs: Any):
+        """Instantiate the loss for ``model``; ``kwargs`` (checked by :meth:`prepare_kwargs`) go to the loss constructor."""
+        kwargs = self.prepare_kwargs(kwargs)
+        if self.needs_guide:
+            kwargs["guide"] = guide
         try:
             return self.factory(model, **kwargs)
         except TypeError as exc:
@@ -129,6 +172,7 @@ def _st_loss(class_name: str) -> Callable[..., Any]:
         return getattr(losses, class_name)(model, **kw)
 
     factory.__name__ = f"_{class_name}"
+    factory.loss_class = class_name  # type: ignore[attr-defined]  # read by LossSpec.parameters
     return factory
 
 
@@ -138,6 +182,187 @@ def _gist(model, guide=None, **kw):
     if guide is None:
         raise ConfigError("GISTEmbedLoss needs a guide model", field="training.guide_model", expected="a model id or path", found=None)
     return GISTEmbedLoss(model, guide, **kw)
+
+
+_gist.loss_class = "GISTEmbedLoss"  # type: ignore[attr-defined]
+
+# Loss arguments embedft fills in itself, and the setting each comes from.
+_SUPPLIED_ARGUMENTS = {"guide": "training.guide_model"}
+
+
+# ------------------------------------------------------------ loss keyword arguments
+def _prepare_loss_kwargs(spec: LossSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """See :meth:`LossSpec.prepare_kwargs`."""
+    if not kwargs:
+        return {}
+    params = spec.parameters()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    prepared = {}
+    for name, value in kwargs.items():
+        field_name = f"training.loss_kwargs.{name}"
+        if name in _SUPPLIED_ARGUMENTS:
+            raise ConfigError(f"{spec.name} argument {name!r} is set by embedft", field=field_name, expected=f"the setting {_SUPPLIED_ARGUMENTS[name]}", found=name)
+        if name not in named:
+            if takes_any:
+                prepared[name] = value
+                continue
+            raise ConfigError(
+                f"unknown keyword argument for {spec.name}",
+                field=field_name,
+                expected=f"one of {sorted(named)}" if named else "no arguments",
+                found=name,
+            )
+        ok, converted, expected = _match_argument(named[name], value)
+        if not ok:
+            raise ConfigError(f"wrong type for {spec.name} argument {name!r}", field=field_name, expected=expected, found=_shown(value))
+        prepared[name] = converted
+    return prepared
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside brackets."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == sep and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    parts.append(current.strip())
+    return parts
+
+
+def _annotation_text(annotation: Any) -> str | None:
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    for prefix in ("typing.", "typing_extensions.", "collections.abc."):
+        text = text.replace(prefix, "")
+    return text
+
+
+def _match_argument(param: inspect.Parameter, value: Any) -> tuple[bool, Any, str]:
+    """``(ok, value to pass, what was expected)`` for one loss argument.
+
+    The annotation decides; an argument without one is compared with its default.
+    """
+    default = None if param.default is inspect.Parameter.empty else param.default
+    text = _annotation_text(param.annotation)
+    if text is None:
+        if default is None:
+            return True, value, "any value"
+        if isinstance(default, (bool, int, float, str)):
+            text = type(default).__name__
+        elif callable(default) and not hasattr(default, "parameters"):  # a function, not a torch module
+            text = "Callable"
+        else:
+            text = type(default).__name__
+    return _match_type(text, value, default)
+
+
+def _match_type(text: str, value: Any, default: Any) -> tuple[bool, Any, str]:
+    alternatives = _split_top(text, "|")
+    if len(alternatives) > 1:
+        wanted = []
+        for alt in alternatives:
+            ok, converted, expected = _match_type(alt, value, default)
+            if ok:
+                return ok, converted, expected
+            wanted.append(expected)
+        return False, value, " or ".join(dict.fromkeys(wanted))
+    head, _, inner = text.partition("[")
+    inner = inner[:-1] if inner.endswith("]") else inner
+    plain = isinstance(value, (bool, int, float, str, list, tuple, dict)) or value is None
+    if head in ("Optional", "Union"):
+        return _match_type(" | ".join([*_split_top(inner, ","), *(["None"] if head == "Optional" else [])]), value, default)
+    if head in ("Any", "object"):
+        return True, value, "any value"
+    if head == "None":
+        return value is None, value, "null"
+    if head == "bool":
+        return isinstance(value, bool), value, "true or false"
+    if head == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
+    if head == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value, "a finite number (float)"
+    if head == "str":
+        return isinstance(value, str), value, "a string"
+    if head == "Literal":
+        try:
+            choices = ast.literal_eval(f"({inner},)")
+        except (ValueError, SyntaxError):  # not plain literals: leave it to the loss
+            return True, value, text
+        ok = any(value == c and type(value) is type(c) for c in choices)
+        return ok, value, f"one of {list(choices)}"
+    if head in ("dict", "Mapping"):
+        return isinstance(value, dict), value, "a mapping"
+    if head in ("tuple", "list", "Sequence", "Iterable"):
+        items = _split_top(inner, ",") if inner else ["Any"]
+        if not isinstance(value, (list, tuple)):
+            return False, value, f"a list ({text})"
+        if head == "tuple" and items[-1] != "..." and len(items) != len(value):
+            return False, value, f"a list of {len(items)} ({text})"
+        kinds = items if head == "tuple" and items[-1] != "..." else [items[0]] * len(value)
+        converted = []
+        for kind, item in zip(kinds, value, strict=True):
+            ok, item, expected = _match_type(kind, item, None)
+            if not ok:
+                return False, value, f"a list of {expected}"
+            converted.append(item)
+        return True, tuple(converted) if head == "tuple" else converted, f"a list ({text})"
+    if head == "Callable":
+        choices = _named_functions(default)
+        expected = f"one of {sorted(choices)} (or, in Python, a function)" if choices else "a function (Python API only)"
+        if isinstance(value, str):
+            found = {name.lower(): fn for name, fn in choices.items()}.get(value.lower())
+            return found is not None, found if found is not None else value, expected
+        return callable(value) and not isinstance(value, type), value, expected
+    # a class: an object of it (only the Python API can pass one)
+    name = head.rsplit(".", 1)[-1]
+    ok = not plain and any(c.__name__ == name for c in type(value).__mro__)
+    return ok, value, f"a {head} object (Python API only; or pass a loss object as Trainer(loss=...))"
+
+
+def _named_functions(default: Any) -> dict[str, Any]:
+    """The functions a config may name for an argument whose default is ``default``.
+
+    A default like ``SiameseDistanceMetric.COSINE_DISTANCE`` (an enum, or a class of
+    functions) offers its class's upper-case members; a similarity function from
+    ``sentence_transformers.util`` offers its siblings of the same shape
+    (``cos_sim``/``dot_score``/... or their ``pairwise_`` forms).
+    """
+    import enum
+
+    if isinstance(default, enum.Enum):
+        return dict(type(default).__members__)
+    if default is None or not callable(default):
+        return {}
+    module = sys.modules.get(getattr(default, "__module__", None) or "")
+    if module is None:
+        return {}
+    owner_name = getattr(default, "__qualname__", "").rpartition(".")[0]
+    owner = getattr(module, owner_name, None) if owner_name else None
+    if isinstance(owner, type):
+        if issubclass(owner, enum.Enum) and owner.__members__:
+            return dict(owner.__members__)
+        return {n: v for n, v in vars(owner).items() if n.isupper() and callable(v)}
+    if module.__name__.startswith("sentence_transformers.util"):
+        pairwise = default.__name__.startswith("pairwise_")
+        return {
+            n: f
+            for n, f in vars(module).items()
+            if inspect.isfunction(f) and f.__module__ == module.__name__ and n.startswith("pairwise_") == pairwise
+            and n.endswith(("_sim", "_score")) and "maxsim" not in n and not n.startswith("pytorch_")
+        }
+    return {}
 
 
 _online_contrastive = _st_loss("OnlineContrastiveLoss")

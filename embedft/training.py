@@ -12,12 +12,12 @@ evaluation, measures again on the same splits, and saves a model that plain
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,8 @@ from typing import Any
 
 from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, _validate, load_config
 from embedft.data import BuiltDataset, DatasetBuilder
-from embedft.errors import ConfigError, EmbedftError, ModelError, OutputExistsError
+from embedft.errors import ConfigError, EmbedftError, ModelError, TrainingError
+from embedft.files import OutputError, check_output_dir, mark, new_scratch, remove_owned, replace_dir
 from embedft.results import EvalReport, MatryoshkaRow, TrainResult
 from embedft.tasks import get_task
 
@@ -110,8 +111,9 @@ class Trainer:
                 base[name] = values
         self.config: RunConfig = _validate(RunConfig, base, "Trainer")
         self.task = get_task(self.config.task)
-        self._loss = loss
-        self._evaluator = evaluator
+        self._loss = _check_loss_argument(loss)
+        self._evaluator = _check_evaluator_argument(evaluator)
+        self._check_before_load()
         self._hooks = list(on_evaluate or [])
         self._callbacks = list(callbacks or [])
 
@@ -141,8 +143,8 @@ class Trainer:
         ``evaluate_test=False`` keeps the test split untouched (search trials choose on dev only).
         """
         cfg = self.config
+        check_output_dir(cfg.output_dir, kind="run", overwrite=cfg.overwrite, inputs=self.inputs())
         out = Path(cfg.output_dir).expanduser()
-        _check_output_dir(out, cfg.overwrite)
         built = self.build_data()
 
         from embedft.modeling import load_model, resolve_device, training_precision_flags
@@ -174,15 +176,11 @@ class Trainer:
 
         train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
         if cache is None:
-            loss = self._loss if self._loss is not None else self._build_loss(loss_spec, model, device)
+            loss = _loss_module(self._loss, model) if self._loss is not None else self._build_loss(loss_spec, model, device)
             evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
-            logger.info("removing %s, left by an interrupted run", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = new_scratch(out)  # also removes the scratch of a run that was killed
+        mark(tmp / "checkpoints", "scratch")
         try:
             if cache is not None:
                 run = self._fit_cached(model, scorer, cache, built, train_ds, loss_spec)
@@ -190,7 +188,8 @@ class Trainer:
                 monitor = _make_monitor(evaluator, self._hooks, t_cfg.early_stopping_patience, self.task.greater_is_better)
                 trainer = _make_st_trainer(model, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, [monitor, *self._callbacks])
                 t0 = time.perf_counter()
-                output = trainer.train()
+                with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
+                    output = trainer.train()
                 run = _Run(
                     seconds=time.perf_counter() - t0,
                     steps=int(trainer.state.global_step),
@@ -216,8 +215,7 @@ class Trainer:
                     )
                 )
 
-            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-            model.save(str(tmp / "model"))
+            remove_owned(tmp / "checkpoints")
             pairs_seen = len(train_ds) * run.epochs
             result = TrainResult(
                 task=self.task.name,
@@ -241,13 +239,37 @@ class Trainer:
                 data=built.report,
                 matryoshka=matryoshka,
                 mining=mining,
+                warnings=[*_result_warnings(built.report, before, after, matryoshka, cfg.model.base_model), *_schedule_warnings(t_cfg, len(train_ds), run.steps)],
             )
-            cfg.save(tmp / "config.yaml")
-            (tmp / "metrics.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-            _replace_dir(tmp, out, cfg.overwrite)
+            _save_run(tmp, out, model, cfg, result)
+            replace_dir(tmp, out, kind="run", overwrite=cfg.overwrite)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_owned(tmp)
         return result
+
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """The local paths this run reads (``(field, path)``): an output folder may never hold one."""
+        cfg = self.config
+        found = [("data.source", cfg.data.source), ("model.base_model", cfg.model.base_model), ("training.guide_model", cfg.training.guide_model)]
+        return [(field, value) for field, value in found if value]
+
+    def _check_before_load(self) -> None:
+        """What can be refused before data or a model loads: the loss's keyword arguments
+        (against its signature) and a guide model path that does not exist."""
+        t_cfg = self.config.training
+        if self._loss is not None:
+            if t_cfg.loss_kwargs:
+                logger.warning("training.loss_kwargs is ignored: a loss object was given (build it with its arguments)")
+            return
+        spec = self.task.loss(t_cfg.loss)
+        spec.prepare_kwargs(t_cfg.loss_kwargs)
+        if spec.needs_guide and t_cfg.guide_model:
+            from embedft.modeling import resolve_base_model
+
+            try:
+                resolve_base_model(t_cfg.guide_model)
+            except ModelError as exc:
+                raise ModelError(exc.message.replace("base model", "guide model"), field="training.guide_model", expected=exc.expected, found=t_cfg.guide_model) from None
 
     def _frozen_cache(self, model: Any, loss_name: str) -> Any:
         """The embedding cache for the frozen-backbone fast path, or None when the normal path applies."""
@@ -337,16 +359,16 @@ class Trainer:
     def _build_loss(self, spec: Any, model: Any, device: str) -> Any:
         """The configured loss for ``model``: the guide model loaded when needed, Matryoshka-wrapped when asked."""
         t_cfg = self.config.training
-        kwargs = dict(t_cfg.loss_kwargs)
+        guide = None
         if spec.needs_guide:
             from embedft.modeling import load_model
 
             guide_cfg = ModelConfig(base_model=t_cfg.guide_model, max_seq_length=self.config.model.max_seq_length)
             try:
-                kwargs["guide"] = load_model(guide_cfg, device)
+                guide = load_model(guide_cfg, device)
             except EmbedftError as exc:
                 raise ModelError(exc.message, field="training.guide_model", expected=exc.expected, found=t_cfg.guide_model) from None
-        loss = spec.build(model, **kwargs)
+        loss = spec.build(model, guide=guide, **t_cfg.loss_kwargs)
         if t_cfg.matryoshka_dims:
             from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
@@ -355,32 +377,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_output_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError("output path is a file", field="output_dir", expected="a directory path", found=str(out))
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a model" if (out / "model").exists() or (out / "modules.json").exists() else "files"
-        raise OutputExistsError(
-            f"output directory already holds {what}",
-            field="output_dir",
-            expected="a new or empty directory",
-            found=str(out),
-            hint="pass overwrite=True (CLI: --overwrite) to replace it",
-        )
-
-
-def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished result into place; an old result is replaced only after the new one is complete."""
-    if out.exists():
-        _check_output_dir(out, overwrite)
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 class _PrefixEncoder:
     """``model.encode`` for Matryoshka evaluation: each list of texts is encoded once at full size,
     and every dimension is served from memory by truncating (then normalising, as
@@ -418,6 +414,123 @@ class _Run:
     stopped_early: bool
     history: list[tuple[int, float]]
     cache: dict[str, float] | None = None
+
+
+def _check_loss_argument(loss: Any) -> Any:
+    """``Trainer(loss=...)`` beyond a name: a torch loss module or a factory ``model -> loss``."""
+    if loss is None or callable(loss):  # a torch module is callable
+        return loss
+    raise ConfigError(
+        "loss must be a registered loss name, a torch loss module or a factory model -> loss",
+        field="loss",
+        expected="a str, a torch.nn.Module or a callable",
+        found=f"{type(loss).__name__} {_capped_repr(loss)}",
+    )
+
+
+def _check_evaluator_argument(evaluator: Any) -> Any:
+    """``Trainer(evaluator=...)``: a sentence-transformers ``SentenceEvaluator`` (or any callable ``model -> metrics``)."""
+    if evaluator is None or (callable(evaluator) and not isinstance(evaluator, type)):
+        return evaluator
+    what = f"the class {evaluator.__name__}" if isinstance(evaluator, type) else f"{type(evaluator).__name__} {_capped_repr(evaluator)}"
+    raise ConfigError(
+        "evaluator must be a sentence-transformers evaluator object",
+        field="evaluator",
+        expected="a SentenceEvaluator instance or a callable model -> metrics",
+        found=what,
+    )
+
+
+def _capped_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _loss_module(loss: Any, model: Any) -> Any:
+    """A loss module for ``model`` from a module or a factory ``model -> loss``."""
+    import torch
+
+    if isinstance(loss, torch.nn.Module):
+        return loss
+    built = loss(model)
+    if not isinstance(built, torch.nn.Module):
+        raise ConfigError("the loss factory did not return a torch loss module", field="loss", expected="a factory model -> torch.nn.Module", found=type(built).__name__)
+    return built
+
+
+@contextlib.contextmanager
+def _non_finite_loss_guard(loss: Any, learning_rate: float, loss_kwargs: dict[str, Any] | None):
+    """Raise :class:`TrainingError` at the first step whose loss is NaN or infinite, before its backward pass."""
+    import torch
+
+    step = 0
+
+    def check(module, args, output):
+        nonlocal step
+        step += 1
+        for value in output.values() if isinstance(output, dict) else [output]:
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.detach()).all()):
+                raise TrainingError.non_finite_loss(float(value.detach().float().sum()), step, learning_rate, loss_kwargs)
+
+    handle = loss.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _save_run(tmp: Path, out: Path, model: Any, cfg: RunConfig, result: TrainResult) -> None:
+    """Write the model, its config and metrics into the scratch folder; a write error (disk full,
+    quota) is one error naming ``output_dir`` and the caller removes the scratch folder."""
+    try:
+        model.save(str(tmp / "model"))
+        cfg.save(tmp / "config.yaml")
+        (tmp / "metrics.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    except OSError as exc:
+        if isinstance(exc, EmbedftError):
+            raise
+        raise OutputError(
+            f"cannot save the trained model: {exc.strerror or exc}; nothing was written",
+            field="output_dir",
+            expected="a folder on a disk with room for the model" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "a writable folder",
+            found=str(out),
+        ) from None
+
+
+def _result_warnings(data: Any, before: EvalReport | None, after: EvalReport, matryoshka: list[MatryoshkaRow], base_model: str) -> list[str]:
+    """What a reader of the numbers must know: the data report's warnings and every non-finite metric."""
+    found = [*getattr(data, "warnings", [])]
+    for who, report in ((f"base model {base_model}", before), ("fine-tuned model", after)):
+        if report is not None:
+            found += [f"{who}: {w}" for w in report.warnings]
+    for row in matryoshka:
+        for split, value in (("dev", row.dev), ("test", row.test)):
+            if value is not None and not math.isfinite(value):
+                found.append(f"fine-tuned model at dimension {row.dimension}: {split} {after.primary_metric} is {value}")
+    return found
+
+
+def _schedule_warnings(t_cfg: TrainingConfig, train_rows: int, steps: int) -> list[str]:
+    """Say when the optimiser could not have changed the model much: no step, or every step in warm-up.
+
+    The linear warm-up of transformers' schedulers gives step ``s`` the learning rate
+    ``lr * s / warmup_steps``: the first step always runs at 0, so a one-step run saves the base model.
+    """
+    planned = t_cfg.max_steps or math.ceil(max(1, math.ceil(train_rows / t_cfg.batch_size)) * t_cfg.epochs)
+    warmup = math.ceil(planned * t_cfg.warmup_ratio) if t_cfg.warmup_ratio > 0 and t_cfg.scheduler != "constant" else 0
+    if steps == 0:
+        return ["no training step ran: the saved model is the base model"]
+    if warmup and steps <= 1:
+        return [
+            f"the only training step ran at learning rate 0 (warm-up, training.warmup_ratio={t_cfg.warmup_ratio:g}): the saved model "
+            "is the base model; train on more pairs or epochs, or set training.warmup_ratio to 0"
+        ]
+    if warmup and steps <= warmup:
+        return [
+            f"all {steps} training steps were warm-up steps (training.warmup_ratio={t_cfg.warmup_ratio:g} of {planned} planned): "
+            f"the learning rate never reached training.learning_rate={t_cfg.learning_rate:g}"
+        ]
+    return []
 
 
 def _check_matryoshka_dims(dims: list[int] | None, model: Any) -> list[int]:
@@ -494,11 +607,6 @@ def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | Non
         @property
         def stopped_early(self) -> bool:
             return self.tracker.stopped_early
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                raise FloatingPointError(f"training loss is {loss} at step {state.global_step}")
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             metrics = metrics or {}

@@ -42,7 +42,7 @@ class TrialConfig(BaseModel):
 class TrialResult(BaseModel):
     """How a trial ended: its dev score, intermediate scores, timings, error and model path."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")  # a NaN metric crosses to the driver as NaN, not null
 
     number: int
     state: Literal["complete", "pruned", "fail"]

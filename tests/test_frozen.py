@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from embedft.config import ModelConfig
-from embedft.errors import ConfigError, DataError
+from embedft.errors import ConfigError, DataError, TrainingError
 from embedft.frozen import (
     IN_BATCH_NEGATIVE_LOSSES,
     SUPPORTED_LOSSES,
@@ -463,8 +463,9 @@ def test_nan_loss_raises_before_the_step(model, cache):
     head = split_backbone(model)[1]
     start = _state(head)
     ds = Dataset.from_dict({"sentence1": ["a b", "c d"], "sentence2": ["e f", "g h"], "score": [float("nan"), 0.5]})
-    with pytest.raises(FloatingPointError, match="at step 1"):
+    with pytest.raises(TrainingError, match="at step 1.*lower learning rate") as err:
         fit_head(model, ds, _loss_class("CosineSimilarityLoss"), {"epochs": 1, "batch_size": 2}, cache=cache)
+    assert err.value.field == "training.learning_rate"
     assert all(np.array_equal(v, _state(head)[k]) for k, v in start.items())
 
 

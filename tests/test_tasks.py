@@ -65,7 +65,7 @@ def test_bad_loss_kwargs_name_the_field(tiny_model_path):
     model = SentenceTransformer(tiny_model_path, device="cpu")
     with pytest.raises(ConfigError) as err:
         get_task("pair-classification").loss(None).build(model, wrong=1)
-    assert err.value.field == "training.loss_kwargs"
+    assert err.value.field == "training.loss_kwargs.wrong" and "margin" in str(err.value)
 
 
 def test_spec_is_frozen():
