@@ -16,6 +16,7 @@ for the best trial::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -28,10 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from embedft.config import ModalConfig, RunConfig, _validate, load_config
+from embedft.config import ModalConfig, RunConfig, Seed, StrictModel, _validate, load_config
 from embedft.errors import ConfigError, EmbedftError
+from embedft.redact import redact_url, scrub, url_problem
+from embedft.files import check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir
 from embedft.tasks import get_task
 from embedft.trial import TrialConfig, TrialResult
 
@@ -56,8 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(StrictModel):
+    """Search config models: unknown keys refused, booleans are not numbers, floats are finite."""
 
 
 class FloatParam(_Strict):
@@ -140,7 +143,7 @@ class SamplerConfig(_Strict):
     """``tpe`` (default), ``random`` or ``grid``; seeded."""
 
     type: Literal["tpe", "random", "grid"] = "tpe"
-    seed: int | None = 0
+    seed: Seed | None = 0
     n_startup_trials: int = Field(5, ge=0)
 
 
@@ -198,16 +201,22 @@ class SearchConfig(_Strict):
     keep_best_model: bool = True
     retrain_best: bool = False
 
+    @field_validator("storage")
+    @classmethod
+    def _readable_storage(cls, value: str | None) -> str | None:
+        problem = url_problem(value) if value else None
+        if problem:  # refused before any driver sees it (one would echo pieces of the password)
+            raise ConfigError(f"the storage URL cannot be used: {problem}", expected="a database URL SQLAlchemy reads as written", found=redact_url(value))
+        return value
+
     @model_validator(mode="after")
     def _valid_space(self) -> SearchConfig:
         task = get_task(self.base.task)
         base = self.base.to_dict()
         for key, param in self.space.items():
-            sample = param.low if not isinstance(param, CategoricalParam) else next((c for c in param.choices if c is not None), None)
-            try:
-                resolve_params(self.base, {key: sample}, base)
-            except ConfigError as exc:
-                raise ConfigError(f"space key {key!r}: {exc.message}", field=f"space.{key}", expected=exc.expected, found=exc.found) from None
+            why = _fixed_per_search(key)
+            if why:
+                raise ConfigError(f"space key {key!r} would not change the trial: {why}", field=f"space.{key}", expected="a field that changes the trial", found=key)
             if key == "training.loss":
                 bad = [c for c in param.grid() if c not in task.losses] if isinstance(param, CategoricalParam) else ["(not categorical)"]
                 if bad:
@@ -217,6 +226,12 @@ class SearchConfig(_Strict):
                         expected=f"losses among {sorted(task.losses)}",
                         found=bad,
                     )
+            # One value per key: other values may only be valid together with other sampled keys.
+            sample = param.low if not isinstance(param, CategoricalParam) else next((c for c in param.choices if c is not None), None)
+            try:
+                resolve_params(self.base, {key: sample}, base)
+            except ConfigError as exc:
+                raise ConfigError(f"space key {key!r}: {exc.message}", field=f"space.{key}", expected=exc.expected, found=exc.found) from None
         if self.sampler.type == "grid":
             for key, param in self.space.items():
                 if isinstance(param, FloatParam):
@@ -241,10 +256,32 @@ class SearchConfig(_Strict):
 
         data = self.model_dump(mode="json")
         if redact and data.get("storage"):
-            data["storage"] = _redact(data["storage"])
+            data["storage"] = redact_url(data["storage"])
         path = Path(path)
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
+
+
+def _fixed_per_search(key: str) -> str | None:
+    """Why searching ``key`` would change nothing in a trial (None: the trial honours it).
+
+    The splits are built once per search; a trial only cuts its own train size
+    (``data.max_train_pairs``) and mines its own hard negatives (``data.mine_hard_negatives``).
+    The driver sets each trial's task, output folder, overwrite and progress.
+    """
+    if key == "data.max_train_pairs" or key == "data.mine_hard_negatives" or key.startswith("data.mine_hard_negatives."):
+        return None
+    if key == "data" or key.startswith("data."):
+        return "the splits are built once per search, so every trial would use the same data while best_config.yaml recorded another value"
+    return _SET_BY_THE_SEARCH.get(key)
+
+
+_SET_BY_THE_SEARCH = {
+    "task": "the task defines the study (its data, loss choices and metric); run one search per task",
+    "output_dir": "each trial writes to its own trials/NNNN folder",
+    "overwrite": "each trial always replaces its own trials/NNNN folder",
+    "training.progress": "trials always run without a progress bar",
+}
 
 
 def resolve_params(base: RunConfig, params: dict[str, Any], base_dict: dict[str, Any] | None = None) -> RunConfig:
@@ -306,6 +343,14 @@ class OptunaSearch:
         trial_fn: the trial function executors run (``run_trial``).
         remote: a :class:`~embedft.modal_backend.ModalBackend` to use for ``backend: modal``
             (by default one is built from ``config.modal``).
+        heartbeat_interval: with an RDB storage (sqlite, PostgreSQL), seconds between the heartbeats
+            this driver records for its running trials.
+        grace_period: with an RDB storage, seconds without a heartbeat after which any driver on the
+            study fails a running trial as interrupted and queues it again (its driver died).
+
+    Several drivers may share one study in an RDB storage, each with its own ``output_dir``:
+    together they run ``n_trials`` trials. An output folder (and so a journal study) has one
+    driver at a time; a second one is refused.
     """
 
     def __init__(
@@ -317,8 +362,20 @@ class OptunaSearch:
         pruner: optuna.pruners.BasePruner | None = None,
         trial_fn: Callable | None = None,
         remote: ModalBackend | None = None,
+        heartbeat_interval: int = 10,
+        grace_period: int = 60,
     ) -> None:
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(config)
+        for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a whole number of seconds", field=name, expected="an int > 0", found=repr(value))
+        if grace_period <= heartbeat_interval:
+            raise ConfigError("grace_period must be longer than heartbeat_interval", field="grace_period", expected=f"> {heartbeat_interval}", found=grace_period)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self._optuna_storage: Any = None
+        self._study_id: int | None = None
+        self._trial_ids: dict[int, int] = {}
         self.task = get_task(self.config.base.task)
         self.output_dir = Path(self.config.output_dir).expanduser()
         self._executor = executor
@@ -336,13 +393,113 @@ class OptunaSearch:
         """The study's storage: the configured URL, or ``journal:OUTPUT_DIR/study.journal``."""
         return self.config.storage or f"journal:{self.output_dir / 'study.journal'}"
 
-    def _storage(self):
-        if self.config.storage:
-            return self.config.storage
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """The local paths the search reads (``(field, path)``); the output folder may never hold one."""
+        base = self.config.base
+        found = [("base.data.source", base.data.source), ("base.model.base_model", base.model.base_model), ("base.training.guide_model", base.training.guide_model)]
+        param = self.config.space.get("model.base_model")
+        if isinstance(param, CategoricalParam):
+            found += [("space.model.base_model", c) for c in param.choices if isinstance(c, str)]
+        return [(field, value) for field, value in found if value]
 
-        return JournalStorage(JournalFileBackend(str(self.output_dir / "study.journal")))
+    def prepare_output(self) -> Path:
+        """Check the output folder (new, empty, or this kind of embedft search folder, which resumes) and mark it."""
+        check_output_dir(self.output_dir, kind="search", resume=True, inputs=self.inputs())
+        if owner(self.output_dir) != "search":
+            mark(self.output_dir, "search")
+        return self.output_dir
+
+    def _storage(self):
+        """The Optuna storage: an RDB storage with heartbeats for a URL, else the journal file.
+
+        With heartbeats a running trial is stale only when its driver stopped recording them for
+        ``grace_period`` seconds; any driver then fails it and queues it again (Optuna's retry callback).
+        """
+        if self.config.storage:
+            import inspect
+            import warnings
+
+            import optuna
+            from optuna.storages import RDBStorage
+
+            retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+            # optuna >= 4.9 renamed failed_trial_callback (deprecated since) to heartbeat_stale_trial_callback
+            key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters else "failed_trial_callback"
+            from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback = _StaleTrialRetry(retry(max_retry=3), self.output_dir)
+                for attempt in range(4):
+                    try:
+                        storage = RDBStorage(self.config.storage, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, **{key: callback})
+                        break
+                    except Exception as exc:  # drivers creating a new database's tables at once: the losers retry
+                        if attempt == 3 or not (isinstance(exc, (IntegrityError, ProgrammingError)) or "already exists" in str(exc)):
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
+        else:
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            storage = JournalStorage(JournalFileBackend(str(self.output_dir / "study.journal")))
+        self._optuna_storage, self._study_id, self._trial_ids = storage, None, {}
+        return storage
+
+    def _heartbeats(self) -> bool:
+        """Whether the storage records heartbeats (RDB storages), so several drivers can share the study."""
+        return bool(self.config.storage)
+
+    def _trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number``, through the storage's public API (a Trial keeps its id private)."""
+        if number not in self._trial_ids:
+            storage = self._optuna_storage
+            if self._study_id is None:
+                self._study_id = storage.get_study_id_from_name(self.config.study_name)
+            self._trial_ids[number] = storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+        return self._trial_ids[number]
+
+    def _still_running(self, number: int) -> bool:
+        """False when trial ``number`` was finished elsewhere (failed as stale by another driver)."""
+        from optuna.trial import TrialState
+
+        return self._optuna_storage.get_trial(self._trial_id(number)).state == TrialState.RUNNING
+
+    @contextlib.contextmanager
+    def _driver_lock(self):
+        """Hold ``OUTPUT_DIR/search.lock`` while this driver runs: one driver per output folder.
+
+        The journal study lives in the output folder, so this also makes one driver per journal
+        study; its RUNNING trials are then a dead driver's. The kernel drops the lock when the
+        holder dies (even by SIGKILL), so a stale lock file never blocks a rerun.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (not POSIX: no lock)
+            yield
+            return
+        path = self.output_dir / "search.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the search lock file: {exc.strerror or exc}", field="output_dir", expected="a writable folder", found=str(path)) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown host:pid"
+                where = "on this study" if not self.config.storage else "in this output folder"
+                hint = (
+                    "Wait for it or stop it; several drivers can share a study in an RDB storage (sqlite, PostgreSQL), each with its own output_dir"
+                    if not self.config.storage
+                    else "Give each driver of a shared study its own output_dir"
+                )
+                raise ConfigError(f"another embedft search (driver {holder}) is running {where}", field="output_dir", found=str(self.output_dir), hint=hint) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _make_sampler(self):
         import optuna
@@ -353,7 +510,7 @@ class OptunaSearch:
         if s.type == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         if s.type == "grid":
-            return optuna.samplers.GridSampler({k: p.grid() for k, p in self.config.space.items()}, seed=s.seed)
+            return _grid_sampler({k: p.grid() for k, p in self.config.space.items()}, seed=s.seed)
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
     def _make_pruner(self):
@@ -391,7 +548,7 @@ class OptunaSearch:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_output()  # the journal lives there: checked and marked before anything is written
         direction = "maximize" if self.task.greater_is_better else "minimize"
         try:
             return optuna.create_study(
@@ -403,29 +560,44 @@ class OptunaSearch:
                 load_if_exists=True,
             )
         except ValueError as exc:
-            raise ConfigError(f"cannot open the study: {exc}", field="storage", expected="a study with the same direction", found=_redact(self.config.storage) if self.config.storage else "journal") from None
-        except Exception as exc:  # a database that cannot be reached; its message never carries the password
+            raise ConfigError(f"cannot open the study: {scrub(str(exc), self.config.storage or '')}", field="storage", expected="a study with the same direction", found=redact_url(self.config.storage) if self.config.storage else "journal") from None
+        except Exception as exc:  # a database that cannot be reached; its message is scrubbed of the URL's secrets
             raise ConfigError(
-                f"cannot open the study storage: {type(exc).__name__}: {_redact(str(exc)).splitlines()[0]}",
+                f"cannot open the study storage: {type(exc).__name__}: {(scrub(str(exc), self.config.storage or '').splitlines() or [''])[0]}",
                 field="storage",
                 expected="a reachable Optuna storage",
-                found=_redact(self.config.storage) if self.config.storage else "journal",
+                found=redact_url(self.config.storage) if self.config.storage else "journal",
             ) from None
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
-        """Run (or resume) the search until ``n_trials`` trials completed or were pruned."""
-        import optuna
-        from optuna.trial import TrialState
+        """Run (or resume) the search until the study holds ``n_trials`` completed or pruned trials.
 
+        Several drivers may share a study in an RDB storage (each with its own ``output_dir``):
+        together they end with exactly ``n_trials``. A rerun must describe the same study (task,
+        data, search space; see :meth:`study_fingerprint`) or it is refused before any trial runs.
+        """
         cfg = self.config
         if cfg.backend == "modal" and self._remote is None:
             import embedft.modal_backend  # noqa: F401  (fails now, naming the install command, when modal is absent)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(self.output_dir / "search.yaml", redact=True)
+        self.prepare_output()
+        with self._driver_lock():
+            return self._run()
+
+    def _run(self) -> SearchResult:
+        import warnings
+
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        cfg = self.config
+        built = self._data_splits()  # cheap (no model): its fingerprint is part of the study's
         study = self.load_study()
+        self._check_fingerprint(study, built.report.fingerprint)
+        cfg.save(self.output_dir / "search.yaml", redact=True)
         self._recover_interrupted(study)
-        data_dir = self._build_data()
+        data_dir = self._build_data(built)
         if cfg.backend == "modal":
             self._connect_remote(study, data_dir)
 
@@ -439,6 +611,12 @@ class OptunaSearch:
         def finished() -> int:
             return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
+        def counts() -> tuple[int, int]:
+            """Finished (complete + pruned) and running trials of every driver on the study."""
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            busy = sum(t.state == TrialState.RUNNING for t in trials)
+            return len(trials) - busy, busy
+
         reported: dict[int, set[int]] = {}
 
         def on_report(number: int, step: int, value: float) -> bool:
@@ -446,11 +624,16 @@ class OptunaSearch:
             if trial is None:
                 return False
             steps = reported.setdefault(number, set())
-            if step not in steps:  # a retried remote attempt reports its steps again: the first value stands
-                steps.add(step)
-                trial.report(value, step)
-            return bool(trial.should_prune())
+            try:
+                if step not in steps:  # a retried remote attempt reports its steps again: the first value stands
+                    steps.add(step)
+                    trial.report(value, step)
+                return bool(trial.should_prune())
+            except UpdateFinishedTrialError:  # another driver failed it as stale: stop it, its copy runs elsewhere
+                return True
 
+        heartbeat = _Heartbeat(self._optuna_storage, self.heartbeat_interval) if self._heartbeats() else None
+        last_check = time.monotonic()
         progress.update(finished(), self._best(study))
         try:
             while True:
@@ -462,9 +645,26 @@ class OptunaSearch:
                 if timed_out and running:  # the budget is spent: stop the trials still running
                     self._cancel(study, running, f"cancelled: the search timeout ({cfg.timeout:g}s) was reached")
                     break
-                while not timed_out and len(running) < executor.max_parallel and finished() + len(running) < cfg.n_trials:
-                    trial = study.ask()
+                if heartbeat is not None and time.monotonic() - last_check >= self.heartbeat_interval:
+                    self._recover_interrupted(study)  # trials of drivers that died meanwhile
+                    last_check = time.monotonic()
+                # Every driver's running trials count: together the drivers ask for n_trials.
+                while not timed_out and failures <= max_failures and len(running) < executor.max_parallel and sum(counts()) < cfg.n_trials:
+                    if _grid_exhausted(study):  # every grid point was tried: more trials would repeat one
+                        break
+                    with warnings.catch_warnings():  # Optuna warns that ask/tell records no heartbeat: _Heartbeat does
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                        trial = study.ask()
+                    if heartbeat is not None:
+                        heartbeat.add(trial.number, self._trial_id(trial.number))
+                        trial.set_user_attr("heartbeat", trial.number)  # this trial's heartbeats are recorded
                     trial.set_user_attr("driver", f"{socket.gethostname()}:{os.getpid()}")
+                    if self._surplus(study, trial.number, cfg.n_trials):
+                        trial.set_user_attr("error", f"not run: the drivers of this study asked for more than n_trials ({cfg.n_trials}) at the same moment")
+                        study.tell(trial, state=TrialState.FAIL)
+                        if heartbeat is not None:
+                            heartbeat.discard(trial.number)
+                        continue
                     try:
                         params = {k: p.suggest(trial, k) for k, p in cfg.space.items()}
                         tc = self._trial_config(trial.number, params, data_dir)
@@ -476,18 +676,33 @@ class OptunaSearch:
                     running[trial.number] = trial
                     executor.submit(tc)
                 if not running:
-                    break
+                    if timed_out or failures > max_failures or counts()[0] >= cfg.n_trials or _grid_exhausted(study):
+                        break
+                    if heartbeat is None:  # the lock is ours and none of ours runs: a RUNNING trial is a dead driver's
+                        self._recover_interrupted(study)
+                        continue
+                    time.sleep(1.0)  # the other drivers' last trials run: wait, one may fail and need a rerun
+                    continue
                 for result in executor.wait(on_report, timeout=1.0):
                     trial = running.pop(result.number)
-                    self._tell(study, trial, result)
+                    told = self._tell_unless_taken_over(study, trial, result)
+                    if heartbeat is not None:
+                        heartbeat.discard(result.number)
+                    if not told:
+                        continue
                     failures += result.state == "fail"
                     progress.update(finished(), self._best(study), result)
                     for cb in self.on_trial_end:
                         cb(result, study)
                 self._write_tables(study)
         finally:
+            if heartbeat is not None:
+                heartbeat.close()
             executor.close()
             progress.close()
+        if finished() < cfg.n_trials and _grid_exhausted(study):
+            points = math.prod(len(p.grid()) for p in cfg.space.values())
+            logger.info("the grid has %d point(s), all tried: stopping with %d of n_trials=%d trials complete or pruned", points, finished(), cfg.n_trials)
         gpu_seconds = getattr(executor, "gpu_seconds", None)
         if gpu_seconds is not None:
             logger.info("GPU-seconds used in this run: %.0f (%s, up to %d containers)", gpu_seconds, cfg.modal.gpu, cfg.modal.max_containers)
@@ -496,11 +711,15 @@ class OptunaSearch:
     @staticmethod
     def _cancel(study, running: dict, reason: str) -> None:
         """Record trials still running as failed with ``reason``; closing the executor then stops them."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         for number, trial in list(running.items()):
-            trial.set_user_attr("error", reason)
-            study.tell(trial, state=TrialState.FAIL)
+            try:
+                trial.set_user_attr("error", reason)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except UpdateFinishedTrialError:  # another driver finished it already (failed it as stale)
+                continue
             logger.warning("trial %d %s", number, reason)
         running.clear()
 
@@ -536,25 +755,189 @@ class OptunaSearch:
         return TrialConfig(number=number, params=params, run=run, data_dir=data)
 
     def _recover_interrupted(self, study) -> None:
-        """Trials left RUNNING by a driver that died are marked failed and queued again."""
+        """Fail the trials whose driver died, and queue their parameters again.
+
+        With an RDB storage a running trial is stale only when its driver's heartbeat stopped
+        for ``grace_period`` seconds (``optuna.storages.fail_stale_trials``, whose retry callback
+        queues it again); a RUNNING trial that never got a heartbeat (its driver died right
+        after asking, or an embedft without heartbeats ran it) is stale once it started more than
+        ``grace_period`` ago. With the journal default this driver holds the output folder's lock,
+        so every RUNNING trial is a dead driver's.
+        """
+        import datetime
+        import warnings
+
+        import optuna
         from optuna.trial import TrialState
 
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the search driver stopped while this trial ran")
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, skip_if_exists=False)
-            logger.warning("trial %d was interrupted; marked failed and queued again", t.number)
-            shutil.rmtree(self.output_dir / "trials" / f"{t.number:04d}", ignore_errors=True)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if self._heartbeats():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period)
+            stale = [t for t in running if t.user_attrs.get("heartbeat") != t.number and t.datetime_start is not None and t.datetime_start < cutoff]
+            reason = f"interrupted: its driver stopped before recording a heartbeat (RUNNING for more than {self.grace_period}s)"
+        else:
+            stale, reason = running, "interrupted: the search driver stopped while this trial ran"
+        for t in stale:
+            self._interrupt(study, t, reason)
 
-    def _build_data(self) -> Path:
-        """Build the splits once per search; trials load them from disk by fingerprint."""
+    def _interrupt(self, study, t, reason: str) -> None:
+        """Fail the stale trial ``t`` with ``reason`` and queue its parameters again (public storage API)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        storage, trial_id = self._optuna_storage, self._trial_id(t.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "error", reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return
+        except UpdateFinishedTrialError:  # finished meanwhile (by its driver or another one)
+            return
+        if t.params:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+        logger.warning("trial %d was interrupted; marked failed and queued again", t.number)
+        remove_owned(self.output_dir / "trials" / f"{t.number:04d}")
+
+    @staticmethod
+    def _surplus(study, number: int, n_trials: int) -> bool:
+        """Whether trial ``number`` is one too many: ``n_trials`` trials that count come before it.
+
+        Drivers that ask at the same moment each see room for one more trial; ranking the
+        finished, running and queued trials by number keeps the earlier ones, and the rest are
+        told FAIL before they run.
+        """
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states)) >= n_trials
+
+    def _tell_unless_taken_over(self, study, trial, result: TrialResult) -> bool:
+        """Tell the study how a trial ended; False (result dropped) when another driver finished it first.
+
+        A driver whose heartbeats stopped for ``grace_period`` (a stalled machine, a lost
+        connection) finds its trial failed as stale by another driver and queued again: that
+        copy stands. Never an ``UpdateFinishedTrialError``.
+        """
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        if self._still_running(result.number):
+            try:
+                self._tell(study, trial, result)
+                return True
+            except UpdateFinishedTrialError:
+                pass
+            except ValueError as exc:  # study.tell: "Cannot tell a FAIL trial." (finished since the check above)
+                if not str(exc).startswith("Cannot tell a") or self._still_running(result.number):
+                    raise
+        logger.warning("trial %d was failed as stale by another driver (no heartbeat for %ds) and queued again; this result is dropped", result.number, self.grace_period)
+        self._drop_trial_dir(result.number)
+        return False
+
+    def study_fingerprint(self, data_fingerprint: str) -> dict[str, Any]:
+        """What defines this search's study: task, primary metric and direction, data and search space.
+
+        Stored in the study (user attribute ``embedft_fingerprint``); a rerun on the same study
+        must match it. ``n_trials``, ``timeout``, ``workers``, the pruner, the storage and the
+        sampler may change between runs.
+        """
+        import warnings
+
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
+
+        space = {}
+        for key, p in sorted(self.config.space.items()):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna adjusts a high bound to the step, with a warning
+                if isinstance(p, FloatParam):
+                    dist = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+                elif isinstance(p, IntParam):
+                    dist = IntDistribution(p.low, p.high, log=p.log, step=p.step)
+                else:
+                    dist = CategoricalDistribution(p.choices)
+            space[key] = json.loads(distribution_to_json(dist))
+        return {
+            "task": self.task.name,
+            "metric": self.task.primary_metric,
+            "direction": "maximize" if self.task.greater_is_better else "minimize",
+            "data": data_fingerprint,
+            "space": space,
+            "base": self._base_settings(),
+        }
+
+    # Base settings that do not change what a trial learns: how it is shown, where it runs or evaluates in batches.
+    _NEUTRAL_BASE = ("output_dir", "overwrite", "training.progress", "training.device", "training.eval_batch_size")
+
+    def _base_settings(self) -> dict[str, Any]:
+        """The base config's model and training settings a trial uses (dotted keys), minus searched and neutral ones.
+
+        The data section is covered by the data fingerprint (the training-set cap included), except
+        hard-negative mining, which trials apply themselves.
+        """
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                flat[prefix] = value
+
+        data = self.config.base.to_dict()
+        data["training"]["loss"] = self.config.base.loss_name  # null means the task's default: the same loss
+        walk("", {"model": data["model"], "training": data["training"]})
+        walk("data.mine_hard_negatives", data["data"]["mine_hard_negatives"])
+        searched = tuple(self.config.space)
+        return {
+            k: v for k, v in sorted(flat.items())
+            if k not in self._NEUTRAL_BASE and not any(k == s or k.startswith(s + ".") for s in searched)
+        }
+
+    def _check_fingerprint(self, study, data_fingerprint: str) -> None:
+        """Refuse a study made for another search (task, data or space); record it on a new one."""
+        mine = self.study_fingerprint(data_fingerprint)
+        theirs = study.user_attrs.get("embedft_fingerprint")
+        if theirs is None:  # a new study (or one from an embedft that did not record it): its direction must agree
+            if study.direction.name.lower() != mine["direction"]:
+                theirs = {**mine, "task": "(unknown)", "metric": "(unknown)", "direction": study.direction.name.lower()}
+            else:
+                study.set_user_attr("embedft_fingerprint", mine)
+                return
+        differ = []
+        if any(theirs.get(k) != mine[k] for k in ("task", "metric", "direction")):
+            differ.append(("task", lambda fp: f"task {fp.get('task')} ({fp.get('metric')}, {fp.get('direction')})"))
+        if theirs.get("data") != mine["data"]:
+            differ.append(("data", lambda fp: f"data {fp.get('data')}"))
+        keys = sorted(k for k in set(theirs.get("space") or {}) | set(mine["space"]) if (theirs.get("space") or {}).get(k) != mine["space"].get(k))
+        if keys:
+            differ.append(("space", lambda fp: "space " + ", ".join(f"{k}={_describe_distribution((fp.get('space') or {}).get(k))}" for k in keys)))
+        if "base" in theirs:  # recorded since embedft 0.1.1: the base model and training settings must agree too
+            base = sorted(k for k in set(theirs["base"]) | set(mine["base"]) if theirs["base"].get(k) != mine["base"].get(k))
+            if base:
+                differ.append(("base", lambda fp: "base " + ", ".join(f"{k}={(fp.get('base') or {}).get(k)!r}" for k in base[:5])))
+        if not differ:
+            return
+        raise ConfigError(
+            f"the study {self.config.study_name!r} in {redact_url(self.storage_url())} holds the trials of another search",
+            field=", ".join(name for name, _ in differ),
+            expected=" / ".join(show(theirs) for _, show in differ),
+            found=" / ".join(show(mine) for _, show in differ),
+            hint="Rerun it with the same task, data, space and base settings, or start a new study: set another study_name or output_dir",
+        )
+
+    def _data_splits(self):
+        """The search's splits, built in memory (no model is loaded)."""
         from embedft.data import DatasetBuilder
 
         data_cfg = self.config.base.data
         if "data.max_train_pairs" in self.config.space:  # each trial cuts its own size from the full train split
             data_cfg = data_cfg.model_copy(update={"max_train_pairs": None})
-        built = DatasetBuilder(data_cfg, task=self.task.name).build()
+        return DatasetBuilder(data_cfg, task=self.task.name).build()
+
+    def _build_data(self, built=None) -> Path:
+        """Build the splits once per search; trials load them from disk by fingerprint."""
+        built = built if built is not None else self._data_splits()
         path = self.output_dir / "data" / built.report.fingerprint
         if not (path / "report.json").is_file():
             built.save(path)
@@ -574,7 +957,7 @@ class OptunaSearch:
             study.tell(trial, result.value)
             self._keep_best_model(study, result)
         elif result.state == "pruned":
-            reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+            reported = set(self._optuna_storage.get_trial(self._trial_id(trial.number)).intermediate_values)
             for step, value in result.intermediate:
                 if step not in reported:
                     trial.report(value, step)
@@ -602,7 +985,7 @@ class OptunaSearch:
         trials_dir = self.output_dir / "trials"
         for child in trials_dir.iterdir() if trials_dir.is_dir() else []:
             if child.name.isdigit() and int(child.name) != best and int(child.name) not in self._running_numbers(study):
-                shutil.rmtree(child, ignore_errors=True)
+                remove_owned(child)
 
     @staticmethod
     def _running_numbers(study) -> set[int]:
@@ -614,7 +997,7 @@ class OptunaSearch:
         if self.config.backend == "modal":
             self._remote.remove(self._remote_trial_dir(number))
             return
-        shutil.rmtree(self.output_dir / "trials" / f"{number:04d}", ignore_errors=True)
+        remove_owned(self.output_dir / "trials" / f"{number:04d}")
 
     @staticmethod
     def _best(study) -> tuple[int, float] | None:
@@ -627,6 +1010,7 @@ class OptunaSearch:
     # ------------------------------------------------------------------ results
     def _write_tables(self, study) -> tuple[Path, Path]:
         rows = []
+        retried = _retries(study)
         for t in study.get_trials(deepcopy=False):
             rows.append(
                 {
@@ -638,7 +1022,7 @@ class OptunaSearch:
                     "train_seconds": t.user_attrs.get("train_seconds"),
                     "train_steps": t.user_attrs.get("train_steps"),
                     "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-                    "error": (t.user_attrs.get("error") or "").splitlines()[0] if t.user_attrs.get("error") else None,
+                    "error": _error_line(t, retried),
                 }
             )
         csv_path, json_path = self.output_dir / "trials.csv", self.output_dir / "trials.json"
@@ -660,7 +1044,7 @@ class OptunaSearch:
         counts = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         result = SearchResult(
             study_name=self.config.study_name,
-            storage=_redact(self.storage_url()),
+            storage=redact_url(self.storage_url()),
             n_complete=counts[TrialState.COMPLETE],
             n_pruned=counts[TrialState.PRUNED],
             n_failed=counts[TrialState.FAIL],
@@ -697,18 +1081,20 @@ class OptunaSearch:
         kept = self.output_dir / "trials" / f"{best_trial.number:04d}" / "model"
         if self.config.backend == "modal" and self.config.keep_best_model and not kept.is_dir():
             try:  # the best model lives on the Volume: pull it next to the study
-                self._remote.pull(self._remote_trial_dir(best_trial.number), kept.parent)
+                self._remote.pull(self._remote_trial_dir(best_trial.number), kept.parent, kind="run")
             except Exception as exc:
                 logger.warning("could not pull the best model from the volume: %s", exc)
         best_dir = self.output_dir / "best"
         if kept.is_dir():
-            if best_dir.exists():
-                shutil.rmtree(best_dir)
-            best_dir.mkdir(parents=True)
-            shutil.copytree(kept, best_dir / "model")
-            for extra in ("config.yaml", "metrics.json"):
-                if (kept.parent / extra).is_file():
-                    shutil.copy2(kept.parent / extra, best_dir / extra)
+            tmp = new_scratch(best_dir)
+            try:
+                shutil.copytree(kept, tmp / "model")
+                for extra in ("config.yaml", "metrics.json"):
+                    if (kept.parent / extra).is_file():
+                        shutil.copy2(kept.parent / extra, tmp / extra)
+                replace_dir(tmp, best_dir, kind="run", overwrite=True)
+            finally:
+                remove_owned(tmp)
         model_path = best_dir / "model" if (best_dir / "model").is_dir() else None
         if model_path is None:
             return None, {}, {}
@@ -786,6 +1172,33 @@ class OptunaSearch:
         return out
 
 
+def _grid_sampler(search_space: dict[str, list], seed: int | None):
+    """Optuna's ``GridSampler`` for ask/tell: it never calls ``study.stop()``.
+
+    ``GridSampler.after_trial`` stops the study once the last grid point is told, and
+    ``study.stop()`` raises ``RuntimeError`` outside ``study.optimize``; the driver checks
+    :func:`_grid_exhausted` before each ``ask`` instead.
+    """
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            """Nothing to do: the driver stops asking when the grid is exhausted."""
+
+    return AskTellGridSampler(search_space, seed=seed)
+
+
+def _grid_exhausted(study) -> bool:
+    """Whether the study's grid sampler has tried every grid point and no trial is queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    sampler = study.sampler
+    if not isinstance(sampler, optuna.samplers.GridSampler) or not sampler.is_exhausted(study):
+        return False
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
 def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60) -> str:
     """The trials table as aligned text: number, state, value, parameters, seconds, error."""
     params = list(dict.fromkeys(k for r in rows for k in r if k.startswith("param:")))
@@ -807,11 +1220,86 @@ def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
 
 
-def _redact(url: str) -> str:
-    """Hide a password in a storage URL."""
-    import re
+def _retries(study) -> dict[int, int]:
+    """For each trial that Optuna's retry callback queued again: the number of its retry."""
+    return {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")}
 
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+def _error_line(t, retried: dict[int, int]) -> str | None:
+    """The first line of a trial's error; a trial failed without one was failed as stale (no heartbeat)."""
+    error = t.user_attrs.get("error")
+    if error:
+        return error.splitlines()[0] if error.splitlines() else error
+    if t.state.name != "FAIL":
+        return None
+    again = f"; queued again as trial {retried[t.number]}" if t.number in retried else ""
+    return f"interrupted: its driver stopped recording heartbeats{again}"
+
+
+def _describe_distribution(dist: dict[str, Any] | None) -> str:
+    """A short form of an Optuna distribution's JSON for an error line."""
+    if dist is None:
+        return "absent"
+    kind = str(dist.get("name", "")).replace("Distribution", "").lower()
+    return kind + json.dumps(dist.get("attributes", {}), sort_keys=True, separators=(",", ":"))
+
+
+class _StaleTrialRetry:
+    """The storage's heartbeat-stale callback: Optuna's retry callback queues the trial again, and its folder goes."""
+
+    def __init__(self, retry: Callable[[Any, Any], None], output_dir: Path) -> None:
+        self.retry, self.output_dir = retry, output_dir
+
+    def __call__(self, study, trial) -> None:
+        self.retry(study, trial)
+        logger.warning("trial %d was interrupted (its driver stopped recording heartbeats); marked failed and queued again", trial.number)
+        remove_owned(self.output_dir / "trials" / f"{trial.number:04d}")
+
+
+class _Heartbeat:
+    """Records a heartbeat for each trial this driver runs, every ``interval`` seconds, from a thread.
+
+    A thread rather than the driver loop: an in-process trial holds the loop for its whole run.
+    The heartbeats stop when the driver process dies, and then the trial is stale.
+    """
+
+    def __init__(self, storage, interval: int) -> None:
+        import threading
+
+        self._storage, self._interval = storage, interval
+        self._ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="embedft-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, number: int, trial_id: int) -> None:
+        """Start recording heartbeats for trial ``number`` (the first one now)."""
+        with self._lock:
+            self._ids[number] = trial_id
+        self._beat(trial_id)
+
+    def discard(self, number: int) -> None:
+        """Stop recording heartbeats for trial ``number``."""
+        with self._lock:
+            self._ids.pop(number, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = list(self._ids.values())
+            for trial_id in ids:
+                self._beat(trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self._storage.record_heartbeat(trial_id)
+        except Exception as exc:  # a lost connection: the next beat retries; the trial stays alive for grace_period
+            logger.warning("could not record a heartbeat (%s); retrying", type(exc).__name__)
 
 
 class _Progress:

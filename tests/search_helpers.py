@@ -29,6 +29,17 @@ def fake_scores(config, report):
     return TrialResult(number=config.number, state="complete", value=seen[-1][1], intermediate=seen, train_steps=4)
 
 
+def sleepy_scores(config, report):
+    """fake_scores with 0.25 s per step: the trials of two drivers on one study overlap."""
+    import time
+
+    def late(step, value):
+        time.sleep(0.25)
+        return report(step, value)
+
+    return fake_scores(config, late)
+
+
 def slow(config, report):
     """A trial that would run for a minute, reporting every 0.1 s."""
     import time

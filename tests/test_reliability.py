@@ -38,6 +38,82 @@ def test_four_workers_on_one_postgres_study(tiny_model_path, tmp_path, postgres_
     assert sum(len(t.intermediate_values) for t in study.trials) == 8 * 4
 
 
+LR_SPACE = {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_drivers_share_one_study(tiny_model_path, tmp_path, backend, request):
+    """Two drivers started at once on one RDB study (each with its own output folder): both finish,
+    together they run exactly n_trials, no trial number twice, none failed as interrupted."""
+    import threading
+
+    import optuna
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else fresh_database(request.getfixturevalue("postgres_url"), tmp_path.name)
+    n_trials = 6
+    ran: dict[str, list[int]] = {"a": [], "b": []}
+    results, errors = {}, []
+    start = threading.Barrier(2)
+
+    def drive(name: str) -> None:
+        try:
+            cfg = search_config(tiny_model_path, tmp_path / name, n_trials=n_trials, storage=url, space=LR_SPACE)
+            search = OptunaSearch(cfg, trial_fn=search_helpers.sleepy_scores, heartbeat_interval=1, grace_period=5)
+            search.on_trial_end.append(lambda result, study: ran[name].append(result.number))
+            start.wait()
+            results[name] = search.run()
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(name,)) for name in ran]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    study = optuna.load_study(study_name="embedft", storage=url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    done = sorted(t.number for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == n_trials and sorted(ran["a"] + ran["b"]) == done
+    assert ran["a"] and ran["b"]  # both drivers ran trials
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    assert not [t for t in study.trials if "interrupted" in (t.user_attrs.get("error") or "")]
+    # A surplus trial (both asked for the last one at the same moment) is failed before it runs, saying so.
+    assert all(t.user_attrs["error"].startswith("not run:") for t in study.trials if t.state == TrialState.FAIL)
+    assert {r.n_complete for r in results.values()} == {n_trials}
+
+
+def test_a_second_driver_on_a_journal_study_is_refused_with_one_line(tiny_model_path, tmp_path, capsys):
+    """The journal has no heartbeats: one driver per output folder, a second is refused naming the first."""
+    import socket
+    import threading
+
+    from embedft.cli import main
+
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=3, space=LR_SPACE)
+    path = cfg.save(tmp_path / "search.yaml")
+    first = threading.Thread(target=lambda: OptunaSearch(cfg, trial_fn=search_helpers.sleepy_scores).run())
+    first.start()
+    lock = Path(cfg.output_dir) / "search.lock"
+    deadline = time.time() + 120
+    saved_config = Path(cfg.output_dir) / "search.yaml"  # written once the first driver holds the lock and checked the study
+    while time.time() < deadline and not (lock.is_file() and lock.read_text().strip() and saved_config.is_file()):
+        time.sleep(0.05)
+    saved = (Path(cfg.output_dir) / "search.yaml").read_bytes()
+    assert main(["-q", "search", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("embedft: error: another embedft search")
+    assert f"{socket.gethostname()}:{os.getpid()}" in err[0] and "output_dir" in err[0]
+    first.join(timeout=120)
+    assert (Path(cfg.output_dir) / "search.yaml").read_bytes() == saved  # the refused driver wrote nothing
+    rows = trials(cfg.output_dir)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    # Once the first driver is done, the folder (and its lock) is free again.
+    assert OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run().n_complete == 3
+
+
 def test_the_same_seed_gives_the_same_trial_sequence(tiny_model_path, tmp_path):
     params = []
     for run in ("a", "b"):

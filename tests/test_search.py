@@ -205,13 +205,14 @@ def test_resume_after_sigkill_loses_nothing(tiny_model_path, tmp_path, storage_u
     time.sleep(1.0)  # into the next trial
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resume_and_check(path, 4)
+    # With an RDB storage the killed driver's trial is stale once its heartbeat is grace_period old.
+    resume_and_check(path, 4, **({"heartbeat_interval": 1, "grace_period": 5} if storage_url else {}))
     assert_no_canary(cfg.output_dir)
 
 
-def resume_and_check(path, n_trials):
+def resume_and_check(path, n_trials, **search_kwargs):
     """Rerun a killed search to the end: exactly n_trials finished, no trial twice, none left RUNNING."""
-    result = OptunaSearch(SearchConfig.from_file(path)).run()
+    result = OptunaSearch(SearchConfig.from_file(path), **search_kwargs).run()
     rows = trials(result.output_dir)
     numbers = [r["number"] for r in rows]
     assert len(numbers) == len(set(numbers))
@@ -219,6 +220,90 @@ def resume_and_check(path, n_trials):
     assert "RUNNING" not in {r["state"] for r in rows}
     assert all("interrupted" in r["error"] for r in rows if r["state"] == "FAIL")
     return result
+
+
+LR_SPACE = {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+
+
+def test_a_rerun_of_another_search_on_the_same_study_is_refused(tiny_model_path, tmp_path):
+    """The study records task, metric, data and space; a rerun that differs in any is refused
+    before a trial runs, naming the field; n_trials, timeout, pruner and sampler may change."""
+    from conftest import make_task_rows
+
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, space=LR_SPACE)
+    OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    more = cfg.model_copy(update={"n_trials": 3, "timeout": 600.0, "pruner": cfg.pruner.model_copy(update={"type": "median"}),
+                                  "sampler": cfg.sampler.model_copy(update={"seed": 7})})
+    again = OptunaSearch(more, trial_fn=search_helpers.fake_scores).run()
+    assert again.n_complete + again.n_pruned == 3
+    out = Path(cfg.output_dir)
+    before = {p: p.read_bytes() for p in (out / "search.yaml", out / "trials.json", out / "best_config.yaml")}
+    data_dirs = sorted((out / "data").iterdir())
+
+    def refused(other: SearchConfig) -> str:
+        with pytest.raises(ConfigError) as err:
+            OptunaSearch(other, trial_fn=search_helpers.fake_scores).run()
+        assert {p: p.read_bytes() for p in before} == before and sorted((out / "data").iterdir()) == data_dirs
+        return str(err.value)
+
+    space = {"training.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}}
+    msg = refused(cfg.model_copy(update={"space": SearchConfig.from_dict({"space": space}).space}))
+    assert "field: space;" in msg and "training.learning_rate=float" in msg and "study_name or output_dir" in msg and "\n" not in msg
+    data = cfg.base.data.model_copy(update={"max_train_pairs": 32})
+    msg = refused(cfg.model_copy(update={"base": cfg.base.model_copy(update={"data": data})}))
+    assert "field: data;" in msg
+    training = cfg.base.training.model_copy(update={"loss": "CoSENTLoss", "learning_rate": 0.5})
+    msg = refused(cfg.model_copy(update={"base": cfg.base.model_copy(update={"training": training})}))
+    assert "field: base;" in msg and "training.loss='CoSENTLoss'" in msg and "training.loss='OnlineContrastiveLoss'" in msg
+    model = cfg.base.model.model_copy(update={"max_seq_length": 32})
+    assert "field: base;" in refused(cfg.model_copy(update={"base": cfg.base.model_copy(update={"model": model})}))
+    neutral = cfg.base.training.model_copy(update={"eval_batch_size": 8})  # changes no trial: allowed
+    kept = OptunaSearch(cfg.model_copy(update={"n_trials": 3, "base": cfg.base.model_copy(update={"training": neutral})}), trial_fn=search_helpers.fake_scores).run()
+    assert kept.n_complete + kept.n_pruned == 3
+    before.update({p: p.read_bytes() for p in before})
+    source = tmp_path / "sts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in make_task_rows("sts")))
+    sts = base(tiny_model_path)
+    sts.update(task="sts", data={"source": str(source), "cache": False, "splits": {"train": 0.6, "dev": 0.2, "test": 0.2}})
+    msg = refused(SearchConfig.from_dict({**cfg.model_dump(mode="json"), "base": sts, "space": space}))
+    assert "field: task, data, space, base;" in msg and "task sts" in msg  # base: the default loss follows the task
+
+
+def test_surplus_trials_are_ranked_by_number():
+    import optuna
+
+    study = optuna.create_study()
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    first, second = study.ask(), study.ask()  # two drivers asked for the third and last trial at once
+    assert not OptunaSearch._surplus(study, first.number, 3)
+    assert OptunaSearch._surplus(study, second.number, 3)
+
+
+@pytest.mark.parametrize("when", ["while it reports", "after its last report"])
+def test_a_trial_taken_over_by_another_driver_is_dropped_not_a_crash(tiny_model_path, tmp_path, when):
+    """Another driver fails our running trial (its heartbeat looked stale): the driver goes on."""
+    import optuna
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def take_over_first(config, report):
+        if config.number != 0:
+            return search_helpers.fake_scores(config, report)
+        other = optuna.storages.RDBStorage(url)  # another driver's handle on the study
+        trial_id = other.get_trial_id_from_study_id_trial_number(other.get_study_id_from_name("embedft"), 0)
+        if when == "after its last report":
+            result = search_helpers.fake_scores(config, report)
+            other.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            return result
+        other.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        return search_helpers.fake_scores(config, report)
+
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, storage=url, space=LR_SPACE)
+    result = OptunaSearch(cfg, trial_fn=take_over_first).run()
+    rows = trials(cfg.output_dir)
+    assert rows[0]["state"] == "FAIL" and result.n_complete == 2 and [r["number"] for r in rows] == [0, 1, 2]
 
 
 @pytest.mark.parametrize(
@@ -300,3 +385,30 @@ def test_search_on_other_tasks(task, losses, tiny_model_path, tmp_path, monkeypa
     assert RunConfig.from_file(result.best_config_path).task == task
     if task == "sts":  # three trials, one cache: no text was ever encoded twice, and training texts were reused
         assert len(encoded) == len(set(encoded)) and len(set(encoded)) >= len(search_texts(tmp_path))
+
+
+def test_a_grid_smaller_than_n_trials_stops_cleanly_and_failing_points_are_fail(tiny_model_path, tmp_path, caplog):
+    """GridSampler's study.stop() raises outside optimize: an exhausted grid ends the search, a bad point is a FAIL trial."""
+    import logging
+
+    cfg = search_config(
+        tiny_model_path,
+        tmp_path,
+        n_trials=6,
+        base={**base(tiny_model_path), "model": {"base_model": tiny_model_path, "dense": {"out_features": 8}}},
+        space={
+            "model.freeze_backbone": {"type": "categorical", "choices": [True, False]},
+            "model.dense.out_features": {"type": "categorical", "choices": [None, 8]},  # frozen without a head: impossible
+        },
+        sampler={"type": "grid", "seed": 3},
+    )
+    with caplog.at_level(logging.INFO, logger="embedft.search"):
+        result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    rows = trials(cfg.output_dir)
+    assert len(rows) == 4 and result.n_complete == 3 and result.n_failed == 1
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    assert failed[0]["param:model.freeze_backbone"] is True and failed[0]["param:model.dense.out_features"] is None
+    assert "freeze_backbone" in failed[0]["error"]
+    out = Path(cfg.output_dir)
+    assert (out / "trials.csv").is_file() and (out / "best_config.yaml").is_file() and (out / "search_result.json").is_file()
+    assert any("the grid has 4 point(s), all tried" in r.getMessage() for r in caplog.records)
