@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from embedft.config import RunConfig, load_config
-from embedft.errors import EmbedftError
+from embedft.errors import ConfigError, EmbedftError
+from embedft.files import OutputError, atomic_write_text, check_file_target, check_output_dir
 
 __all__ = ["main", "build_parser", "demo_config", "DEMO_DATA"]
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("demo", help="fine-tune the packaged MiniLM on the shipped duplicate-question sample")
-    p.add_argument("--output-dir", default="runs/demo", help="where the result folder goes (replaced if it exists)")
+    p.add_argument("--output-dir", default="runs/demo", help="where the result folder goes (an earlier embedft run there is replaced; any other non-empty folder is refused)")
     _add_set(p)
 
     p = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
@@ -132,6 +133,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _check_run_output(cfg: RunConfig, config_file: str | None = None) -> None:
+    """Refuse an output folder that embedft may not write, before data or a model is loaded."""
+    from embedft.training import Trainer
+
+    inputs = [("config", config_file), *Trainer(cfg).inputs()]
+    check_output_dir(cfg.output_dir, kind="run", overwrite=cfg.overwrite, inputs=inputs)
+
+
 def _train(cfg: RunConfig, quiet: bool) -> int:
     from embedft.training import Trainer
 
@@ -149,9 +158,7 @@ def _train(cfg: RunConfig, quiet: bool) -> int:
 def _train_remote(cfg: RunConfig, modal_cfg) -> int:
     from embedft.modal_backend import ModalBackend
     from embedft.results import TrainResult
-    from embedft.training import _check_output_dir
 
-    _check_output_dir(Path(cfg.output_dir).expanduser(), cfg.overwrite)  # refuse before paying for a GPU
     backend = ModalBackend(modal_cfg)
     print(f"training on Modal GPU {modal_cfg.gpu} (app {modal_cfg.app_name}, volume {modal_cfg.volume}, timeout {modal_cfg.timeout}s)")
     result = backend.train(cfg, local_output=cfg.output_dir)
@@ -175,11 +182,15 @@ def _search(args: argparse.Namespace) -> int:
         for key, value in map(_split_assignment, args.overrides):
             _set_dotted(data, key, _parse_scalar(value))
     cfg = SearchConfig.from_dict(data)
-    _Progress.enabled = not args.quiet
     search = OptunaSearch(cfg)
+    check_output_dir(cfg.output_dir, kind="search", resume=True, inputs=[("config", args.config), *search.inputs()])
     where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.backend == "modal" else f"{cfg.workers} local worker(s)"
     print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials on {where}")
-    result = search.run()
+    enabled, _Progress.enabled = _Progress.enabled, not args.quiet
+    try:
+        result = search.run()
+    finally:
+        _Progress.enabled = enabled  # the CLI's setting, not a leftover for the next caller in this process
     print()
     print(format_trials(json.loads(result.trials_json.read_text(encoding="utf-8")), best=result.best_number))
     print(f"trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; train time {result.train_seconds:.1f}s")
@@ -203,9 +214,9 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _redacted(url: str) -> str:
-    from embedft.search import _redact
+    from embedft.redact import redact_url
 
-    return _redact(url)
+    return redact_url(url)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -217,16 +228,19 @@ def _run(args: argparse.Namespace) -> int:
         if args.overwrite:
             updates["overwrite"] = True
         cfg = cfg.with_overrides(updates) if updates else cfg
+        _check_run_output(cfg, config_file=args.config)  # before any data, model or GPU
         if args.backend == "modal":
             return _train_remote(cfg, _modal_config(args))
         return _train(cfg, args.quiet)
     if args.command == "demo":
         cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
+        _check_run_output(cfg)  # replaces only an earlier embedft run, never a user's folder
         print(f"embedft demo: fine-tuning {cfg.model.base_model} on the shipped duplicate-question sample -> {cfg.output_dir}")
         return _train(cfg, args.quiet)
     if args.command == "search":
         return _search(args)
     if args.command == "pull":
+        check_output_dir(args.local, kind="model", field="local", overwrite=True)
         from embedft.modal_backend import ModalBackend
 
         path = ModalBackend(_modal_config(args)).pull(args.remote, args.local)
@@ -238,10 +252,13 @@ def _run(args: argparse.Namespace) -> int:
             cfg = cfg.with_overrides({"task": args.task})
         if args.data:
             cfg = cfg.with_overrides({"data.source": args.data})
-        path = Path(args.path)
-        if path.exists():
-            raise EmbedftError("refusing to overwrite an existing file", field="path", expected="a new file", found=str(path))
-        cfg.save(path)
+        path = check_file_target(args.path, field="path")
+        if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise ConfigError("a config file name ends in .yaml, .yml or .json", field="path", expected="a .yaml/.yml/.json file name", found=str(path))
+        try:
+            atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n" if path.suffix.lower() == ".json" else cfg.to_yaml())
+        except OSError as exc:
+            raise OutputError(f"cannot write the config: {exc.strerror or exc}", field="path", expected="a writable location", found=str(path)) from None
         print(f"wrote {path}")
         return 0
     if args.command == "tasks":
@@ -256,9 +273,11 @@ def _run(args: argparse.Namespace) -> int:
         from embedft.data import DatasetBuilder
 
         cfg = _config(args).with_overrides({"data.source": args.source})
+        if args.save:
+            check_output_dir(args.save, kind="splits", field="--save", overwrite=True, inputs=[("source", args.source), ("--config", args.config)])
         built = DatasetBuilder(cfg.data, task=cfg.task).build()
         if args.save:
-            built.save(args.save)
+            built.save(args.save, field="--save")
         print(built.report.model_dump_json(indent=2) if args.json else built.report.summary())
         return 0
     if args.command == "evaluate":
@@ -271,9 +290,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report.model_dump(), indent=2))
         else:
-            print(f"{'metric':<20} {'dev':>8} {'test':>8}")
-            for key in report.test:
-                print(f"{key:<20} {report.dev[key]:>8.4f} {report.test[key]:>8.4f}")
+            print(report.summary())
             print("test accuracy/F1 use thresholds chosen on dev")
         return 0
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
@@ -282,8 +299,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``embedft`` command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
 
-    0 on success, 1 when a search completes no trial, 2 on a user error (one line on stderr), 130
-    on Ctrl-C. ``main(["data", "inspect", "pairs.csv"])`` is ``embedft data inspect pairs.csv``.
+    0 on success, 1 when a search completes no trial or on an unexpected error (one line; ``--debug``
+    shows the traceback), 2 on a user error (one line on stderr), 130 on Ctrl-C. ``main(["data", "inspect", "pairs.csv"])`` is ``embedft data inspect pairs.csv``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -298,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("embedft: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: still one line; --debug shows the traceback
+        if args.debug:
+            raise
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 300 else text[:297] + "..."
+        print(f"embedft: error: unexpected {type(exc).__name__}: {text} (run with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,8 @@ Case keys (every file under ``tests/bad_inputs/cli/`` is a mapping of case name 
     header first; ``tiny_model``; ``demo_data``). Strings are formatted with the placeholders above.
 ``dirs``
     folders to create (empty).
+``links`` / ``chmod``
+    ``relative path -> target`` symlinks; ``relative path -> octal mode`` (use with ``non_root_only``).
 ``output``
     the folder the command may write (default ``out``); everything else must stay byte for byte.
 ``field`` / ``message``
@@ -27,6 +29,8 @@ Case keys (every file under ``tests/bad_inputs/cli/`` is a mapping of case name 
     the expected status (default 2).
 ``root_only`` / ``non_root_only``
     run only as (not as) root; permission cases differ.
+``secrets``
+    strings (canary passwords) that must appear in no output and in no file the run wrote.
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ def test_bad_cli_input_is_one_line_and_touches_nothing(name, tmp_path, tiny_mode
             target.write_bytes(value if isinstance(value, bytes) else fmt(value).encode("utf-8"))
         else:
             target.write_text(fmt(str(content)), encoding="utf-8")
+    for rel, target in (case.get("links") or {}).items():
+        (work / fmt(rel)).symlink_to(fmt(str(target)))
+    for rel, mode in (case.get("chmod") or {}).items():
+        (work / fmt(rel)).chmod(int(str(mode), 8))
     output = work / fmt(case.get("output", "out"))
     before = _snapshot(work, output)
     monkeypatch.chdir(work)
@@ -135,3 +143,8 @@ def test_bad_cli_input_is_one_line_and_touches_nothing(name, tmp_path, tiny_mode
     assert len(line) <= 1200, f"error line of {len(line)} characters"
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"changed outside the output folder: {changed[:10]}"
+    for secret in case.get("secrets", []):
+        assert secret not in out + err, f"secret {secret!r} shown:\n{out}\n{err}"
+        given = {work / fmt(rel) for rel in case.get("files") or {}}  # the case's own inputs may hold it
+        leaks = [p for p in work.rglob("*") if p.is_file() and not p.is_symlink() and p not in given and secret.encode() in p.read_bytes()]
+        assert not leaks, f"secret {secret!r} written to {leaks}"
