@@ -131,7 +131,7 @@ def read_jsonl_records(path: Path, field: str = "data.source") -> list[dict]:
     A broken line is a :class:`DataError` naming it; a file that cannot be read or decoded
     is one too (see :func:`embedft.data.read_guard`), with ``field`` naming the setting.
     """
-    from embedft.data import read_guard
+    from embedft.readers import read_guard
 
     records = []
     opener = gzip.open if path.suffix == ".gz" else open
@@ -180,7 +180,7 @@ def _read_qrels(path: Path) -> pd.DataFrame:
     """A qrels TSV, read like every other data file; a line with fields missing is an error naming it."""
     import pandas as pd
 
-    from embedft.data import read_guard
+    from embedft.readers import read_guard
 
     with read_guard(path, "qrels TSV", "data.qrels"):
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])

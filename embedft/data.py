@@ -17,9 +17,7 @@ crosses splits, so no text appears in two splits, even transitively::
 from __future__ import annotations
 
 import csv
-import errno
 import functools
-import gzip
 import hashlib
 import io
 import json
@@ -30,7 +28,6 @@ import shlex
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
@@ -41,6 +38,7 @@ from pydantic import BaseModel
 
 from embedft.config import DataConfig, _validate
 from embedft.errors import DataError, EmbedftError
+from embedft.readers import open_binary, read_guard
 from embedft.files import OutputError, check_output_dir, new_scratch, prepare_cache_root, remove_owned, replace_dir
 from embedft.tasks import TaskSpec, get_task
 
@@ -641,88 +639,6 @@ def _frame_from_rows(rows: Sequence[Any], task: TaskSpec) -> pd.DataFrame:
     raise DataError("unsupported row type", field="data.source", expected="dicts or tuples", found=type(first).__name__)
 
 
-@contextmanager
-def read_guard(path: Path, fmt: str, field: str = "data.source") -> Iterator[None]:
-    """Turn whatever reading ``path`` raises into one :class:`DataError` (field, expected, found).
-
-    Every data file embedft reads (CSV/TSV, JSONL, Parquet, each file of a BEIR folder) is
-    read inside it: an undecodable byte (reported at its real line and byte offset), a
-    missing file, a folder or a symlink loop where a file is expected, a broken or truncated
-    compressed file, an empty or malformed table::
-
-        >>> try:
-        ...     with read_guard(Path("no-such-file.csv"), "csv"):
-        ...         open("no-such-file.csv")
-        ... except DataError as err:
-        ...     print(err.field, "/", err.expected)
-        data.source / an existing csv file
-    """
-    import pandas as pd
-
-    name = path.name
-    try:
-        yield
-    except DataError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise DataError(f"cannot decode {name}", field=field, expected="UTF-8 text", found=_undecodable_at(path, exc)) from None
-    except FileNotFoundError:
-        raise DataError(f"{name} not found", field=field, expected=f"an existing {fmt} file", found=str(path)) from None
-    except IsADirectoryError:
-        raise DataError(f"{name} is a folder", field=field, expected=f"a {fmt} file", found=str(path)) from None
-    except (gzip.BadGzipFile, EOFError, OSError) as exc:
-        if getattr(exc, "errno", None) == errno.ELOOP:
-            reason = "a symlink loop"
-        else:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        raise DataError(f"cannot read {name}: {reason}", field=field, expected=f"a readable {fmt} file", found=str(path)) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{name} is empty", field=field, expected=f"a {fmt} file with a header and rows", found="an empty file") from None
-    except (pd.errors.ParserError, ValueError, csv.Error) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "an unclosed quote (\") at the start of a field?" if "inside string" in first else None
-        raise DataError(f"cannot parse {name}: {first}", field=field, expected=f"a well-formed {fmt} file", found=str(path), hint=hint) from None
-    except Exception as exc:  # pyarrow raises its own types for garbled parquet
-        raise DataError(f"cannot read {name}: {type(exc).__name__}: {exc}", field=field, expected=f"a readable {fmt} file", found=str(path)) from None
-
-
-def _open_binary(path: Path) -> Any:
-    """``path`` opened for reading bytes, decompressed as pandas infers it from the suffix (gzip, bz2, xz)."""
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        import bz2
-
-        return bz2.open(path, "rb")
-    if suffix == ".xz":
-        import lzma
-
-        return lzma.open(path, "rb")
-    return open(path, "rb")
-
-
-def _undecodable_at(path: Path, exc: UnicodeDecodeError) -> str:
-    """Where the first byte that is not UTF-8 is, as line and byte offset of the (decompressed) file.
-
-    The offset in ``exc`` is within whatever block the reader decoded (pandas decodes in
-    chunks), so the file is scanned again line by line: no UTF-8 sequence contains a newline
-    byte, so a valid file decodes line by line.
-    """
-    try:
-        with _open_binary(path) as fh:
-            offset = 0
-            for lineno, line in enumerate(fh, start=1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    return f"byte {line[err.start:err.start + 1]!r} at line {lineno}, offset {offset + err.start}"
-                offset += len(line)
-    except Exception:  # noqa: BLE001 - the scan only improves the message
-        logger.debug("could not locate the undecodable byte in %s", path, exc_info=True)
-    return f"byte {exc.object[exc.start:exc.start + 1]!r} (position in the file unknown)"
-
-
 def _read_file(path: Path, fmt: str) -> pd.DataFrame:
     import pandas as pd
 
@@ -789,7 +705,7 @@ def _first_unclean_record(path: Path, sep: str, rows: list[int]) -> tuple[int | 
     """
     wanted = set(rows)
     try:
-        with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+        with open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
             buffer: list[str] = []
 
             def lines() -> Iterator[str]:

@@ -587,7 +587,6 @@ class OptunaSearch:
     def _run(self) -> SearchResult:
         import warnings
 
-        import optuna
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
