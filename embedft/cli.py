@@ -200,8 +200,10 @@ def _search(args: argparse.Namespace) -> int:
         print("no trial completed")
         return 1
     print(f"best trial #{result.best_number}: dev {search.task.primary_metric} = {result.best_value:.4f}")
+    from embedft.redact import mask_urls
+
     for key, value in result.best_params.items():
-        print(f"  {key} = {value}")
+        print(f"  {key} = {mask_urls(str(value))}")
     if result.best_test:
         for key in search.task.report_metrics:
             if key in result.best_test:
@@ -223,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         cfg = _config(args)
         updates = {}
-        if args.output_dir:
+        if args.output_dir is not None:
             updates["output_dir"] = args.output_dir
         if args.overwrite:
             updates["overwrite"] = True

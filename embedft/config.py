@@ -239,7 +239,7 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, le=1)
     eval_steps: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     seed: Seed = 42
@@ -306,7 +306,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    output_dir: str = "runs/embedft"
+    output_dir: str = Field("runs/embedft", min_length=1)
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -384,7 +384,9 @@ class RunConfig(_Section):
         """Write the config as YAML or JSON, chosen by the file suffix."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_yaml()
-        path.write_text(text, encoding="utf-8")
+        from embedft.files import atomic_write_text
+
+        atomic_write_text(path, text)
         return path
 
     def with_overrides(self, assignments: list[str] | dict[str, Any]) -> RunConfig:
@@ -432,7 +434,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None and part in ("dense",):
+        if child is None and part in ("dense", "mine_hard_negatives"):  # optional sections: created by their first key
             child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(
@@ -699,12 +701,23 @@ def _parse_problem(exc: Exception) -> str:
 def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
     """Read a YAML or JSON config file safely and validate it into ``cls``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config file not found", field="config", expected="an existing .yaml/.yml/.json file", found=str(path))
     try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as exc:  # a name too long, a symlink loop
+        raise ConfigError(f"cannot use the config path: {exc.strerror or exc}", field="config", expected="a readable .yaml/.yml/.json file", found=str(path)) from None
+    if not exists:
+        raise ConfigError("config file not found", field="config", expected="an existing .yaml/.yml/.json file", found=str(path))
+    if not regular:
+        raise ConfigError("the config path is not a regular file", field="config", expected="a .yaml/.yml/.json file", found=f"{path} (a folder or a device)")
+    try:
+        if path.stat().st_size > 10_000_000:
+            raise ConfigError("the config file is larger than 10 MB", field="config", expected="a config of at most 10 MB", found=f"{path.stat().st_size:,} bytes")
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}") from None
+        line = exc.object[: exc.start].count(b"\n") + 1  # read_text decodes the whole file: the offset is the file's
+        raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at line {line}, offset {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path.name}: {exc.strerror or exc}", field="config", expected="a readable file", found=str(path)) from None
     try:
         data = _load_json(text) if path.suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

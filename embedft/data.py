@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from embedft.config import DataConfig, _validate
 from embedft.errors import DataError, EmbedftError
-from embedft.readers import open_binary, read_guard
+from embedft.readers import check_line_lengths, open_binary, read_guard
 from embedft.files import OutputError, check_output_dir, new_scratch, prepare_cache_root, remove_owned, replace_dir
 from embedft.tasks import TaskSpec, get_task
 
@@ -515,7 +515,13 @@ class DatasetBuilder:
         cleaned["component"] = comp
         assignment = _assign_splits(cleaned, self.config.splits.model_dump(), self.config.seed, _balance_key(cleaned, task))
         frames = {name: cleaned[assignment == name].reset_index(drop=True) for name in SPLITS}
-        _check_splittable(frames, int(comp.max()) + 1, task)
+        reused = _reused_ids(cleaned, task)
+        try:
+            _check_splittable(frames, int(comp.max()) + 1, task)
+        except DataError as exc:
+            if not reused:
+                raise
+            raise DataError(exc.message, field=exc.field, expected=exc.expected, found=exc.found, hint=f"{reused}; check the id columns, or leave them out of data.columns") from None
         train_before = len(frames["train"])
         cap = self.config.max_train_pairs
         if cap is not None and cap < train_before:
@@ -538,7 +544,7 @@ class DatasetBuilder:
             corpus_docs=None if corpus is None else len(corpus),
             unjudged_queries=self._unjudged,
             shared_relevant_docs=_leakage(frames, ("positive",)) if task.uses_corpus else {},
-            warnings=_data_warnings(frames, task, counts["conflicting_pairs"], len(cleaned)),
+            warnings=[*_data_warnings(frames, task, counts["conflicting_pairs"], len(cleaned)), *([reused + ": the rows they link are grouped (and split) together"] if reused else [])],
         )
         if any(report.leakage.values()):  # pragma: no cover - guarded by construction
             raise DataError("splits share texts", field="splits", expected="0 shared texts", found=report.leakage)
@@ -566,7 +572,7 @@ def _column_kind(values: pd.Series) -> tuple[str, float]:
         many = numbers.nunique() > 0.9 * len(numbers) and len(numbers) > 2
         return ("id" if integral and (many or numbers.max() > 100) else "number"), length
     if length < 15 and not any(any(ch.isspace() for ch in s) for s in strings):
-        return "id", length  # short tokens: ids or codes
+        return "token", length  # short tokens: ids or codes (or one-word texts)
     return "text", length
 
 
@@ -590,13 +596,13 @@ def _guess_columns(raw: pd.DataFrame, task: TaskSpec, missing: Sequence[str], ta
         for position, col in enumerate(columns):
             kind, length = kinds[col]
             if role in text_roles:
-                fit = {"text": 10 + min(length, 200) / 100, "id": 3.0}.get(kind, 0.0)
+                fit = {"text": 10 + min(length, 200) / 100, "token": 3.0}.get(kind, 0.0)  # never a numeric id column
             elif role == "label" and task.label_type == "binary":
                 fit = 10.0 if kind == "binary" else 0.0
             elif role in ("score", "label"):
                 fit = {"number": 10.0, "binary": 6.0, "id": 2.0}.get(kind, 0.0)
             else:
-                fit = 1.0 if kind == "id" else 0.0
+                fit = 1.0 if kind in ("id", "token") else 0.0
             if not fit:
                 continue
             name = str(col).lower()[:60]
@@ -643,6 +649,8 @@ def _read_file(path: Path, fmt: str) -> pd.DataFrame:
     import pandas as pd
 
     with read_guard(path, fmt):
+        if fmt in ("csv", "tsv", "jsonl"):
+            check_line_lengths(path)  # before a parser holds a gigabyte "line" (e.g. from a tiny .gz) in memory
         if fmt in ("csv", "tsv"):
             sep = "," if fmt == "csv" else "\t"
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], compression="infer", encoding="utf-8")
@@ -1098,6 +1106,23 @@ def _check_splittable(frames: dict[str, pd.DataFrame], n_components: int, task: 
 # What the data report warns about (legal data, weak results).
 MIN_EVAL_PAIRS = 50  # below it, one pair moves accuracy by more than 2 points
 MAX_CONFLICT_SHARE = 0.05  # of distinct pairs seen with both labels
+
+
+def _reused_ids(frame: pd.DataFrame, task: TaskSpec) -> str | None:
+    """Say so when an id names several different texts (a reused or shifted id column), else None."""
+    texts: dict[str, set[str]] = {}
+    for text_col, id_col in task.id_columns.items():
+        if id_col not in frame.columns or text_col not in frame.columns:
+            continue
+        prefix = "" if task.symmetric else f"{id_col}:"
+        for ident, text in zip(frame[id_col], frame[text_col], strict=True):
+            if ident is not None:
+                texts.setdefault(prefix + str(ident), set()).add(normalize_text(text))
+    reused = {i: len(t) for i, t in texts.items() if len(t) > 1}
+    if not reused:
+        return None
+    worst = max(reused, key=reused.get)
+    return f"{len(reused)} id(s) name more than one different text (id {worst!r} names {reused[worst]})"
 
 
 def _data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_pairs: int, kept: int) -> list[str]:

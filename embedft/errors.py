@@ -47,6 +47,11 @@ class EmbedftError(Exception):
         super().__init__(self._format())
 
     def _format(self) -> str:
+        from embedft.redact import mask_urls
+
+        return mask_urls(self._parts())
+
+    def _parts(self) -> str:
         parts = []
         if self.field is not None:
             parts.append(f"field: {_echo(self.field)}")

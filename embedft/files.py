@@ -63,11 +63,13 @@ class OutputError(EmbedftError, OSError):
     """An output folder cannot be written (read-only, under a file, no space left)."""
 
 
-def mark(folder: str | os.PathLike, kind: str, *, complete: bool = False) -> Path:
+def mark(folder: str | os.PathLike, kind: str, *, complete: bool = False, at: str | os.PathLike | None = None) -> Path:
     """Create ``folder`` if needed and mark it as an embedft ``kind`` folder; returns the folder.
 
-    ``complete`` records the folder's entries as they are now (a finished run, saved splits): a
-    file added later by someone else then keeps embedft from replacing the folder.
+    The marker records the folder's own path (``at``: where it is about to be renamed to), so a
+    marker copied into another folder does not make that folder embedft's. ``complete`` records
+    the folder's entries as they are now (a finished run, saved splits): a file added later by
+    someone else then keeps embedft from replacing the folder.
     """
     if kind not in KINDS:  # pragma: no cover - a programming error
         raise ValueError(f"unknown folder kind {kind!r}")
@@ -75,7 +77,7 @@ def mark(folder: str | os.PathLike, kind: str, *, complete: bool = False) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     from embedft import __version__
 
-    data: dict[str, object] = {"written_by": "embedft", "kind": kind, "version": __version__}
+    data: dict[str, object] = {"written_by": "embedft", "kind": kind, "version": __version__, "path": str(_resolved(at or folder))}
     if complete:
         data["entries"] = sorted(_tree(folder) - {MARKER})
     if kind == "scratch":
@@ -141,9 +143,15 @@ def owner(folder: str | os.PathLike) -> str | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if isinstance(data, dict) and data.get("written_by") == "embedft" and data.get("kind") in KINDS:
-        return str(data["kind"])
-    return None
+    if not (isinstance(data, dict) and data.get("written_by") == "embedft" and data.get("kind") in KINDS):
+        return None
+    try:
+        here = str(_resolved(folder))
+    except OSError:
+        return None
+    if data.get("path") != here:  # a marker copied (or a folder moved) from elsewhere: not proof embedft wrote this one
+        return None
+    return str(data["kind"])
 
 
 def _resolved(path: str | os.PathLike) -> Path:
@@ -214,6 +222,8 @@ def check_output_dir(
 
 
 def _check_output_dir(path, shown: str, *, kind: str, field: str, overwrite: bool, inputs, resume: bool) -> Path:
+    if Path(path).expanduser().is_symlink():  # a swap would replace the link, not the folder it points to
+        raise OutputError("the output path is a symbolic link", field=field, expected="a real folder path (give the folder the link points to)", found=shown)
     out = _resolved(path)
     why = _protected(out)
     if why is not None:
@@ -355,18 +365,20 @@ def replace_dir(tmp: Path, out: Path, *, kind: str, overwrite: bool = True) -> P
     """
     if out.exists() or out.is_symlink():
         check_output_dir(out, kind=kind, overwrite=overwrite)
-    mark(tmp, kind, complete=True)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        if any(old.iterdir()):
-            remove_owned(old)
+    mark(tmp, kind, complete=True, at=out)
+    try:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)  # checked above: empty, or embedft's own earlier copy
         else:
-            old.rmdir()
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, out)
+    except BaseException:
+        if tmp.is_dir():
+            mark(tmp, "scratch")  # still a scratch folder: the caller (or the next run) removes it
+        raise
     return out
 
 

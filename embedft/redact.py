@@ -19,12 +19,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-__all__ = ["redact_url", "scrub", "url_problem", "MASK"]
+__all__ = ["redact_url", "scrub", "url_problem", "mask_urls", "MASK"]
 
 MASK = "***"
 """What a secret is replaced with."""
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "pass", "secret", "token", "key", "auth", "credential", "odbc_connect", "signature", "sig")
+
+
+def _secret_value(value: object) -> bool:
+    """A query value that itself carries ``password=...`` (``options=-cpassword%3D...``, ``dsn=...;pwd=...``)."""
+    values = value if isinstance(value, tuple) else (value,)
+    return any(f"{w}=" in unquote_plus(str(v)).lower() for v in values for w in _SECRET_WORDS)
 
 
 def _secret_name(name: str) -> bool:
@@ -65,7 +71,7 @@ def redact_url(url: str) -> str:
     parsed, _ = _parse(url)
     if parsed is None:
         return url.split("://", 1)[0] + "://" + MASK
-    query = {k: ((MASK,) * len(v) if isinstance(v, tuple) else MASK) if _secret_name(k) else v for k, v in parsed.query.items()}
+    query = {k: ((MASK,) * len(v) if isinstance(v, tuple) else MASK) if _secret_name(k) or _secret_value(v) else v for k, v in parsed.query.items()}
     rendered = parsed.set(query=query).render_as_string(hide_password=True)
     return rendered.replace(quote_plus(MASK), MASK)
 
@@ -104,7 +110,7 @@ def _secrets(url: str) -> list[str]:
         if parsed.password:
             values.append(str(parsed.password))
         for name, value in parsed.query.items():
-            if _secret_name(name):
+            if _secret_name(name) or _secret_value(value):
                 values += list(value) if isinstance(value, tuple) else [value]
     forms = {form for v in values if v for form in (v, quote(v, safe=""), quote_plus(v), unquote(v), unquote_plus(v))}
     return sorted((f for f in forms if f), key=len, reverse=True)
@@ -123,3 +129,39 @@ def scrub(text: str, url: str) -> str:
     for secret in _secrets(url):
         text = text.replace(secret, MASK)
     return text
+
+
+_URL_CANDIDATE = None
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every URL in it that carries a password or a secret parameter shown redacted.
+
+    Candidates are found by their ``scheme://`` start and parsed with :func:`redact_url`'s parser;
+    a URL without a secret is left exactly as written.
+
+    >>> mask_urls("cannot load https://user:hunter2@example.com/data.csv (not found)")
+    'cannot load https://user:***@example.com/data.csv (not found)'
+    >>> mask_urls("see https://example.com/docs")
+    'see https://example.com/docs'
+    """
+    global _URL_CANDIDATE
+    if ":/" not in text or "@" not in text and "=" not in text:
+        return text
+    if _URL_CANDIDATE is None:
+        import re
+
+        _URL_CANDIDATE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+[^\s'\"<>()\[\]{},;]+")
+
+    def one(match) -> str:
+        url = match.group(0)
+        if "://" not in url:  # e.g. a path mangled to "https:/..." by a Path(): mask any "user:pass@" part
+            head, sep, rest = url.partition(":/")
+            host = rest.lstrip("/").split("/", 1)[0]
+            if "@" in host and ":" in host.split("@", 1)[0]:
+                user = host.split("@", 1)[0].split(":", 1)[0]
+                return url.replace(host.split("@", 1)[0], f"{user}:{MASK}", 1)
+            return url
+        return redact_url(url) if _secrets(url) else url
+
+    return _URL_CANDIDATE.sub(one, text)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from embedft.config import ModalConfig, RunConfig, Seed, StrictModel, _validate, load_config
 from embedft.errors import ConfigError, EmbedftError
 from embedft.redact import redact_url, scrub, url_problem
-from embedft.files import check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir
+from embedft.files import atomic_write_text, check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir
 from embedft.tasks import get_task
 from embedft.trial import TrialConfig, TrialResult
 
@@ -191,7 +191,7 @@ class SearchConfig(_Strict):
     max_failures: int | None = Field(None, ge=0)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
-    storage: str | None = None
+    storage: str | None = Field(None, min_length=1)
     study_name: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     workers: int = Field(1, ge=1)
     executor: Literal["auto", "inprocess", "process"] = "auto"
@@ -255,11 +255,26 @@ class SearchConfig(_Strict):
         import yaml
 
         data = self.model_dump(mode="json")
-        if redact and data.get("storage"):
-            data["storage"] = redact_url(data["storage"])
+        if redact:  # the storage URL, and any URL with a password elsewhere (a searched model's address)
+            if data.get("storage"):
+                data["storage"] = redact_url(data["storage"])
+            data = _masked(data)
         path = Path(path)
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
         return path
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every URL that carries a password shown redacted, in strings at any depth."""
+    from embedft.redact import mask_urls
+
+    if isinstance(value, str):
+        return mask_urls(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 def _fixed_per_search(key: str) -> str | None:
@@ -887,10 +902,22 @@ class OptunaSearch:
         data["training"]["loss"] = self.config.base.loss_name  # null means the task's default: the same loss
         walk("", {"model": data["model"], "training": data["training"]})
         walk("data.mine_hard_negatives", data["data"]["mine_hard_negatives"])
+        from embedft.modeling import local_model_digest
+
+        for key in ("model.base_model", "training.guide_model"):  # a local folder: what is in it, not only its name
+            digest = local_model_digest(flat.get(key))
+            if digest is not None:
+                flat[key + "@files"] = digest
+        param = self.config.space.get("model.base_model")
+        if isinstance(param, CategoricalParam):
+            for choice in param.choices:
+                digest = local_model_digest(choice) if isinstance(choice, str) else None
+                if digest is not None:
+                    flat[f"space.model.base_model[{choice}]@files"] = digest
         searched = tuple(self.config.space)
         return {
             k: v for k, v in sorted(flat.items())
-            if k not in self._NEUTRAL_BASE and not any(k == s or k.startswith(s + ".") for s in searched)
+            if k not in self._NEUTRAL_BASE and not any(k.split("@")[0] == s or k.startswith(s + ".") for s in searched)
         }
 
     def _check_fingerprint(self, study, data_fingerprint: str) -> None:
@@ -1016,7 +1043,7 @@ class OptunaSearch:
                     "number": t.number,
                     "state": t.state.name,
                     "value": t.value,
-                    **{f"param:{k}": v for k, v in t.params.items()},
+                    **{f"param:{k}": _masked(v) for k, v in t.params.items()},
                     "seconds": t.user_attrs.get("seconds"),
                     "train_seconds": t.user_attrs.get("train_seconds"),
                     "train_steps": t.user_attrs.get("train_steps"),
@@ -1060,11 +1087,11 @@ class OptunaSearch:
             best_trial = study.best_trial
             best_cfg = resolve_params(self.config.base, best_trial.params).model_copy(update={"output_dir": str(self.output_dir / "best-retrained"), "overwrite": False})
             config_path = best_cfg.save(self.output_dir / "best_config.yaml")
-            result.best_number, result.best_value, result.best_params = best_trial.number, best_trial.value, dict(best_trial.params)
+            result.best_number, result.best_value, result.best_params = best_trial.number, best_trial.value, _masked(dict(best_trial.params))
             result.best_config_path = config_path
             result.best_model_path, result.best_test, result.base_test = self._best_model_and_test(best_trial, best_cfg, data_dir)
         result.plots = self._plots(study)
-        (self.output_dir / "search_result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        atomic_write_text(self.output_dir / "search_result.json", result.model_dump_json(indent=2))
         return result
 
     def _best_model_and_test(self, best_trial, best_cfg: RunConfig, data_dir: Path):
@@ -1107,7 +1134,10 @@ class OptunaSearch:
         import hashlib
 
         built = trainer.build_data()
-        key = hashlib.sha256(json.dumps([cfg.model.base_model, cfg.model.max_seq_length, built.report.fingerprint]).encode()).hexdigest()[:16]
+        from embedft.modeling import local_model_digest
+
+        identity = [cfg.model.base_model, local_model_digest(cfg.model.base_model), cfg.model.max_seq_length, built.report.fingerprint]
+        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
         path = self.output_dir / "baselines" / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())["test"]
@@ -1116,7 +1146,7 @@ class OptunaSearch:
 
         report = trainer._evaluate(load_model(base_cfg, resolve_device(cfg.training.device)), built)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"base_model": cfg.model.base_model, "test": report.test, "dev": report.dev}, indent=2))
+        atomic_write_text(path, json.dumps({"base_model": cfg.model.base_model, "test": report.test, "dev": report.dev}, indent=2))
         return report.test
 
     def _plots(self, study) -> list[Path]:
@@ -1151,7 +1181,7 @@ class OptunaSearch:
                     ax = make()
                 fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
                 path = plots_dir / f"{name}.png"
-                fig.savefig(path, dpi=100, bbox_inches="tight")
+                _save_figure(fig, path)
                 plt.close(fig)
                 out.append(path)
             except Exception as exc:  # a plot is never worth failing a finished search
@@ -1165,7 +1195,7 @@ class OptunaSearch:
                 ax.set_ylabel(f"dev {self.task.primary_metric}")
                 ax.set_title("learning curve")
                 path = plots_dir / "learning_curve.png"
-                fig.savefig(path, dpi=100, bbox_inches="tight")
+                _save_figure(fig, path)
                 plt.close(fig)
                 out.append(path)
         return out
@@ -1196,6 +1226,16 @@ def _grid_exhausted(study) -> bool:
     if not isinstance(sampler, optuna.samplers.GridSampler) or not sampler.is_exhausted(study):
         return False
     return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a plot through a temporary file and a rename (a file hard-linked elsewhere is never rewritten)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60) -> str:

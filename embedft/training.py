@@ -344,7 +344,17 @@ class Trainer:
     def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> EvalReport:
         t_cfg = self.config.training
         test = built.test if evaluate_test else None
-        metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress, built.corpus)
+        try:
+            metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress, built.corpus)
+        except ValueError as exc:
+            if "nan" not in str(exc).lower() and "infinity" not in str(exc).lower():
+                raise
+            raise TrainingError(
+                "the model's embeddings are not finite numbers, so no metric can be computed",
+                field="training.learning_rate",
+                expected="finite weights (try a lower learning rate or weight decay, fp32, or check the data)",
+                found=" ".join(str(exc).split())[:120],
+            ) from None
         return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
 
     def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:

@@ -19,6 +19,9 @@ Case keys (every file under ``tests/bad_inputs/cli/`` is a mapping of case name 
     header first; ``tiny_model``; ``demo_data``). Strings are formatted with the placeholders above.
 ``dirs``
     folders to create (empty).
+``marks`` / ``after_marks``
+    ``relative folder -> kind``: marked as embedft's own (after ``files``, with their file list);
+    then ``relative path -> content`` written into them as a user would.
 ``links`` / ``chmod``
     ``relative path -> target`` symlinks; ``relative path -> octal mode`` (use with ``non_root_only``).
 ``output``
@@ -118,6 +121,15 @@ def test_bad_cli_input_is_one_line_and_touches_nothing(name, tmp_path, tiny_mode
             target.write_bytes(value if isinstance(value, bytes) else fmt(value).encode("utf-8"))
         else:
             target.write_text(fmt(str(content)), encoding="utf-8")
+    from embedft.files import mark
+
+    for rel, kind in (case.get("marks") or {}).items():  # folders embedft wrote (the marker records the folder's path)
+        mark(work / fmt(rel), kind, complete=True)
+    for src, dst in (case.get("copy_marker") or {}).items():  # a user copying embedft's marker into their own folder
+        shutil.copyfile(work / fmt(src) / ".embedft-output", work / fmt(dst) / ".embedft-output")
+    for rel, content in (case.get("after_marks") or {}).items():  # files a user added afterwards
+        (work / fmt(rel)).parent.mkdir(parents=True, exist_ok=True)
+        (work / fmt(rel)).write_text(fmt(str(content)), encoding="utf-8")
     for rel, target in (case.get("links") or {}).items():
         (work / fmt(rel)).symlink_to(fmt(str(target)))
     for rel, mode in (case.get("chmod") or {}).items():

@@ -443,3 +443,18 @@ def test_quoted_multiline_csv_text_with_commas_is_legitimate(tmp_path, columns):
     path.write_text("\n".join(rows) + "\n")
     built = build(str(path), task="retrieval" if columns == 2 else "pair-classification", **({} if columns == 2 else {"columns": {"text1": "question", "text2": "answer"}}))
     assert built.report.kept == 31
+
+
+def test_an_id_reused_for_different_texts_is_a_warning():
+    from embedft import DatasetBuilder
+
+    from conftest import make_pairs
+
+    rows = make_pairs(40)
+    for i, r in enumerate(rows):
+        r["qid1"], r["qid2"] = f"a{i}", f"b{i}"
+    rows[0]["qid1"] = rows[5]["qid1"] = "shared"  # one id now names two different questions
+    built = DatasetBuilder(cache=False).build(rows)
+    assert any("id 'shared' names 2" in w for w in built.report.warnings), built.report.warnings
+    clean = DatasetBuilder(cache=False).build([{**r, "qid1": f"a{i}"} for i, r in enumerate(rows)])
+    assert not any("id(s) name" in w for w in clean.report.warnings)

@@ -275,3 +275,41 @@ def test_over_long_names_are_one_line_before_anything_loads(length, tmp_path):
     with pytest.raises(EmbedftError, match="too long") as info:
         check_output_dir(tmp_path / ("a" * length), kind="run")
     assert info.value.field == "output_dir"
+
+
+def test_a_copied_marker_does_not_make_a_folder_embedfts(tmp_path):
+    mark(tmp_path / "real", "search")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "trials.csv").write_text("mine")
+    import shutil
+
+    shutil.copyfile(tmp_path / "real" / MARKER, tmp_path / "mine" / MARKER)
+    assert owner(tmp_path / "real") == "search" and owner(tmp_path / "mine") is None
+    with pytest.raises(EmbedftError, match="not an embedft output"):
+        check_output_dir(tmp_path / "mine", kind="search", resume=True)
+
+
+def test_a_symlinked_output_is_refused_before_any_work(tmp_path):
+    (tmp_path / "target").mkdir()
+    os.symlink(tmp_path / "target", tmp_path / "run")
+    with pytest.raises(EmbedftError, match="symbolic link"):
+        check_output_dir(tmp_path / "run", kind="run")
+    assert (tmp_path / "run").is_symlink()
+
+
+def test_search_files_are_replaced_never_rewritten_in_place(tmp_path, tiny_model_path):
+    """A hard-linked backup of a search folder (cp -al) keeps its content when the search goes on."""
+    import search_helpers
+
+    cfg = _search_cfg(tiny_model_path, tmp_path / "s")
+    OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    names = [p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.name not in ("study.journal", "search.lock")]
+    for p in names:
+        target = backup / p.relative_to(tmp_path / "s")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(p, target)
+    before = digest(backup)
+    OptunaSearch({**cfg, "n_trials": 2}, trial_fn=search_helpers.fake_scores).run()
+    assert digest(backup) == before

@@ -412,3 +412,18 @@ def test_a_grid_smaller_than_n_trials_stops_cleanly_and_failing_points_are_fail(
     out = Path(cfg.output_dir)
     assert (out / "trials.csv").is_file() and (out / "best_config.yaml").is_file() and (out / "search_result.json").is_file()
     assert any("the grid has 4 point(s), all tried" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rerun_on_other_weights_at_the_same_model_path_is_refused(tiny_model_path, tmp_path):
+    """The study and the cached base-model score know what is in a local model folder, not only its name."""
+    import shutil
+
+    model = tmp_path / "mymodel"
+    shutil.copytree(tiny_model_path, model)
+    cfg = search_config(str(model), tmp_path, n_trials=1, space=LR_SPACE)
+    OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    weights = next(p for p in model.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b"")  # the same bytes, rewritten: the file changed on disk
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ConfigError, match=r"model\.base_model@files"):
+        OptunaSearch(cfg.model_copy(update={"n_trials": 2}), trial_fn=search_helpers.fake_scores).run()
