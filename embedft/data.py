@@ -1152,8 +1152,16 @@ def _data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_
                 f"{conflicting_pairs} of {kept} distinct pairs ({conflicting_pairs / kept:.1%}) were seen with both labels, "
                 f"more than {MAX_CONFLICT_SHARE:.0%}: the first label was kept; check the labelling"
             )
-    elif task.label_type == "score" and frames["train"]["label"].nunique() < 2:
-        out.append("every score in the train split is the same: a similarity loss has nothing to learn from")
+    elif task.label_type == "score":
+        if frames["train"]["label"].nunique() < 2:
+            out.append("every score in the train split is the same: a similarity loss has nothing to learn from")
+        for name in ("dev", "test"):
+            levels = frames[name]["label"].nunique()
+            if levels == 2:
+                out.append(
+                    f"the {name} split's gold scores take only 2 values: Spearman correlation then only says how well "
+                    "the model separates two classes (consider task pair-classification, which reports AP)"
+                )
     return out
 
 

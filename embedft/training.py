@@ -333,8 +333,21 @@ class Trainer:
 
     def evaluate(self, model: Any = None) -> EvalReport:
         """Evaluate ``model`` (or the base model) on this trainer's dev and test splits."""
-        from embedft.modeling import load_model, resolve_device
+        from embedft.files import owner
+        from embedft.modeling import load_model, resolve_base_model, resolve_device
 
+        if isinstance(model, (str, os.PathLike)):
+            path = Path(model).expanduser()
+            if owner(path) == "run" and (path / "model").is_dir():  # an embedft run folder: its model
+                logger.info("evaluating the model of the run %s", path)
+                model = path / "model"
+            elif owner(path) == "search" and (path / "best" / "model").is_dir():
+                logger.info("evaluating the best model of the search %s", path)
+                model = path / "best" / "model"
+            try:
+                resolve_base_model(str(model))  # a path that is not a model: one line before the data is built
+            except EmbedftError as exc:
+                raise ModelError(exc.message, field="model", expected=exc.expected, found=str(model)) from None
         built = self.build_data()
         if model is None or isinstance(model, (str, os.PathLike)):
             cfg = self.config.model if model is None else self.config.model.model_copy(update={"base_model": str(model), "dense": None, "freeze_backbone": False})

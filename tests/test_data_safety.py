@@ -458,3 +458,16 @@ def test_an_id_reused_for_different_texts_is_a_warning():
     assert any("id 'shared' names 2" in w for w in built.report.warnings), built.report.warnings
     clean = DatasetBuilder(cache=False).build([{**r, "qid1": f"a{i}"} for i, r in enumerate(rows)])
     assert not any("id(s) name" in w for w in clean.report.warnings)
+
+
+def test_sts_gold_scores_with_two_levels_are_a_warning():
+    from embedft import DatasetBuilder
+
+    from conftest import make_task_rows
+
+    rows = make_task_rows("sts", 40)
+    two = [{**r, "score": 5.0 if r["score"] >= 2.5 else 0.0} for r in rows]
+    built = DatasetBuilder(cache=False, task="sts").build(two)
+    assert any("only 2 values" in w for w in built.report.warnings), built.report.warnings
+    graded = DatasetBuilder(cache=False, task="sts").build(rows)
+    assert not any("only 2 values" in w for w in graded.report.warnings)

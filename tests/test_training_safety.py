@@ -311,3 +311,12 @@ def test_a_run_whose_only_step_is_warm_up_says_the_model_did_not_change(train_kw
     assert any("learning rate 0" in w for w in json.loads(result.metrics_path.read_text())["warnings"])
     no_warmup = Trainer(**{**train_kwargs, "max_train_pairs": 32, "batch_size": 32, "warmup_ratio": 0.0, "overwrite": True}).fit()
     assert not any("warm-up" in w for w in no_warmup.warnings)
+
+
+def test_evaluate_takes_a_run_folder_for_its_model(train_kwargs):
+    from embedft import Trainer
+
+    result = Trainer(**train_kwargs).fit()
+    by_run = Trainer(**train_kwargs).evaluate(str(result.output_dir))
+    by_model = Trainer(**train_kwargs).evaluate(str(result.model_path))
+    assert by_run.test == by_model.test
