@@ -251,9 +251,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "init":
         cfg = RunConfig()
         if args.task:
-            cfg = cfg.with_overrides({"task": args.task})
+            cfg = cfg.with_overrides({"task": args.task}, source="--task")
         if args.data:
-            cfg = cfg.with_overrides({"data.source": args.data})
+            cfg = cfg.with_overrides({"data.source": args.data}, source="--data")
         path = check_file_target(args.path, field="path")
         if path.suffix.lower() not in (".yaml", ".yml", ".json"):
             raise ConfigError("a config file name ends in .yaml, .yml or .json", field="path", expected="a .yaml/.yml/.json file name", found=str(path))

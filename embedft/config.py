@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -389,19 +390,23 @@ class RunConfig(_Section):
         atomic_write_text(path, text)
         return path
 
-    def with_overrides(self, assignments: list[str] | dict[str, Any]) -> RunConfig:
+    def with_overrides(self, assignments: list[str] | dict[str, Any] | str, *, source: str = "--set") -> RunConfig:
         """Return a copy with dotted-key overrides applied (``training.epochs=2``).
 
         Values given as strings are parsed as YAML scalars, so ``2`` is an int,
         ``3e-5`` a float and ``null`` is None.
         """
         data = self.to_dict()
+        if isinstance(assignments, str):  # one assignment, not its characters
+            assignments = [assignments]
+        if not isinstance(assignments, dict) and not all(isinstance(a, str) for a in assignments):
+            raise ConfigError("overrides are key=value strings or a dict", field="--set", expected="['section.key=value', ...] or {'section.key': value}", found=[type(a).__name__ for a in assignments][:5])
         items = assignments.items() if isinstance(assignments, dict) else map(_split_assignment, assignments)
         for key, value in items:
             if isinstance(value, str) and not isinstance(assignments, dict):
                 value = _parse_scalar(value)
             _set_dotted(data, key, value)
-        return _validate(type(self), data, "--set")
+        return _validate(type(self), data, source)
 
 
 def _split_assignment(text: str) -> tuple[str, str]:
@@ -700,6 +705,8 @@ def _parse_problem(exc: Exception) -> str:
 
 def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
     """Read a YAML or JSON config file safely and validate it into ``cls``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError("a config file path is a string or a path", field="config", expected="a .yaml/.yml/.json path", found=type(path).__name__)
     path = Path(path)
     try:
         exists, regular = path.exists(), path.is_file()

@@ -211,7 +211,12 @@ def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.D
     folder = Path(folder)
     corpus = _beir_texts(folder / "corpus.jsonl", with_title=True).rename(columns={"id": "doc_id"})
     queries = _beir_texts(folder / "queries.jsonl", with_title=False).rename(columns={"id": "query_id"})
-    files = [Path(qrels)] if qrels is not None else sorted((folder / "qrels").glob("*.tsv"))
+    if qrels is not None:  # as given, else inside the BEIR folder (qrels/test.tsv or test.tsv)
+        given = Path(qrels).expanduser()
+        inside = [c for c in (folder / given, folder / "qrels" / given) if not given.is_absolute() and c.is_file()]
+        files = [given if given.is_file() or not inside else inside[0]]
+    else:
+        files = sorted((folder / "qrels").glob("*.tsv"))
     frames = []
     for f in files:
         table = _read_qrels(f)

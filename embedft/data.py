@@ -282,6 +282,8 @@ class BuiltDataset:
         """Read splits written by :meth:`save`; a missing or damaged file is a :class:`DataError`."""
         import pandas as pd
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise DataError("saved splits are a folder path", field="data_dir", expected="a folder written by BuiltDataset.save", found=type(path).__name__)
         path = Path(path).expanduser()
         try:
             frames = {name: pd.read_parquet(path / f"{name}.parquet") for name in SPLITS}
@@ -315,6 +317,8 @@ class DatasetBuilder:
     """
 
     def __init__(self, config: DataConfig | dict[str, Any] | None = None, *, task: str = "pair-classification", **overrides: Any) -> None:
+        if config is not None and not isinstance(config, (DataConfig, dict)):
+            raise DataError("DatasetBuilder takes a DataConfig or a dict (the data itself goes to build() or source=)", field="config", expected="a DataConfig, a dict or None", found=type(config).__name__)
         base = config.model_dump() if isinstance(config, DataConfig) else dict(config or {})
         base.update(overrides)
         self.config: DataConfig = _validate(DataConfig, base, "DatasetBuilder")
@@ -544,7 +548,11 @@ class DatasetBuilder:
             corpus_docs=None if corpus is None else len(corpus),
             unjudged_queries=self._unjudged,
             shared_relevant_docs=_leakage(frames, ("positive",)) if task.uses_corpus else {},
-            warnings=[*_data_warnings(frames, task, counts["conflicting_pairs"], len(cleaned)), *([reused + ": the rows they link are grouped (and split) together"] if reused else [])],
+            warnings=[
+                *_data_warnings(frames, task, counts["conflicting_pairs"], len(cleaned)),
+                *([reused + ": the rows they link are grouped (and split) together"] if reused else []),
+                *_corpus_warnings(corpus),
+            ],
         )
         if any(report.leakage.values()):  # pragma: no cover - guarded by construction
             raise DataError("splits share texts", field="splits", expected="0 shared texts", found=report.leakage)
@@ -1108,6 +1116,14 @@ MIN_EVAL_PAIRS = 50  # below it, one pair moves accuracy by more than 2 points
 MAX_CONFLICT_SHARE = 0.05  # of distinct pairs seen with both labels
 
 
+def _corpus_warnings(corpus: pd.DataFrame | None) -> list[str]:
+    """A retrieval corpus so small that ranking metrics at k count all of it."""
+    if corpus is None or len(corpus) > 100:
+        return []
+    trivial = "every @10 and @100 metric" if len(corpus) <= 10 else "every @100 metric (MAP@100, recall@100)"
+    return [f"the corpus has {len(corpus)} documents: {trivial} ranks the whole corpus, so high scores say little about the model"]
+
+
 def _reused_ids(frame: pd.DataFrame, task: TaskSpec) -> str | None:
     """Say so when an id names several different texts (a reused or shifted id column), else None."""
     texts: dict[str, set[str]] = {}
@@ -1153,6 +1169,14 @@ def _data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_
                 f"more than {MAX_CONFLICT_SHARE:.0%}: the first label was kept; check the labelling"
             )
     elif task.label_type == "score":
+        import pandas as pd
+
+        every = pd.concat([f["label"] for f in frames.values()])
+        if len(every) and float(every.max() - every.min()) < 0.2:
+            out.append(
+                f"the gold scores cover only {float(every.max() - every.min()):.1%} of their range once normalised to [0, 1]: "
+                "check data.score_range (a range much wider than the data squeezes every training target together)"
+            )
         if frames["train"]["label"].nunique() < 2:
             out.append("every score in the train split is the same: a similarity loss has nothing to learn from")
         for name in ("dev", "test"):

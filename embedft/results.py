@@ -32,17 +32,18 @@ class EvalReport(BaseModel):
     greater_is_better: bool = True
     dev: dict[str, float]
     test: dict[str, float] = {}
+    notes: list[str] = []  # what else a reader of these numbers must know (weak splits, collapsed embeddings)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def warnings(self) -> list[str]:
-        """One line per non-finite metric (which split, which metric)."""
-        return [
+        """The notes, then one line per non-finite metric (which split, which metric)."""
+        return [*self.notes, *[
             f"{split} {key} is {value}: the split cannot support this metric (e.g. constant gold scores or one class)"
             for split, metrics in (("dev", self.dev), ("test", self.test))
             for key, value in metrics.items()
             if not math.isfinite(value)
-        ]
+        ]]
 
     def summary(self) -> str:
         """A dev/test table of the metrics, then a ``warning:`` line per non-finite metric."""

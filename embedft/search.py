@@ -381,6 +381,18 @@ class OptunaSearch:
         grace_period: int = 60,
     ) -> None:
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(config)
+        import optuna
+
+        for name, value, kind, expected in (
+            ("sampler", sampler, optuna.samplers.BaseSampler, "an optuna sampler"),
+            ("pruner", pruner, optuna.pruners.BasePruner, "an optuna pruner"),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise ConfigError(f"{name} must be {expected}", field=name, expected=f"{expected} (or None for the configured one)", found=type(value).__name__)
+        if executor is not None and not all(callable(getattr(executor, m, None)) for m in ("submit", "wait", "close")):
+            raise ConfigError("executor must be an embedft executor", field="executor", expected="an object with submit/wait/close (embedft.executors)", found=type(executor).__name__)
+        if trial_fn is not None and not callable(trial_fn):
+            raise ConfigError("trial_fn must be callable", field="trial_fn", expected="a function TrialConfig -> TrialResult", found=type(trial_fn).__name__)
         for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a whole number of seconds", field=name, expected="an int > 0", found=repr(value))

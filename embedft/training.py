@@ -91,6 +91,13 @@ class Trainer:
         callbacks: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if isinstance(config, (str, os.PathLike)):
+            raise ConfigError("Trainer takes a RunConfig or a dict; for a config file use Trainer.from_file(path)", field="config", expected="a RunConfig, a dict or None", found=str(config))
+        if config is not None and not isinstance(config, (RunConfig, dict)):
+            raise ConfigError("Trainer takes a RunConfig or a dict", field="config", expected="a RunConfig, a dict or None", found=type(config).__name__)
+        for name, value in (("on_evaluate", on_evaluate), ("callbacks", callbacks)):
+            if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
+                raise ConfigError(f"{name} must be a list", field=name, expected="a list (of callables / TrainerCallback objects)", found=type(value).__name__)
         base = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
         self._data_object = None
         if isinstance(data, (str, os.PathLike)):
@@ -352,7 +359,8 @@ class Trainer:
         if model is None or isinstance(model, (str, os.PathLike)):
             cfg = self.config.model if model is None else self.config.model.model_copy(update={"base_model": str(model), "dense": None, "freeze_backbone": False})
             model = load_model(cfg, resolve_device(self.config.training.device))
-        return self._evaluate(model, built)
+        report = self._evaluate(model, built)
+        return report.model_copy(update={"notes": list(dict.fromkeys([*built.report.warnings, *report.notes]))})
 
     def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> EvalReport:
         t_cfg = self.config.training
@@ -368,7 +376,7 @@ class Trainer:
                 expected="finite weights (try a lower learning rate or weight decay, fp32, or check the data)",
                 found=" ".join(str(exc).split())[:120],
             ) from None
-        return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, **metrics)
+        return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, notes=_collapse_notes(model, built, self.task, t_cfg.eval_batch_size), **metrics)
 
     def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:
         """The evaluation with embeddings truncated to each Matryoshka dimension (texts encoded once for all)."""
@@ -531,6 +539,29 @@ def _result_warnings(data: Any, before: EvalReport | None, after: EvalReport, ma
             if value is not None and not math.isfinite(value):
                 found.append(f"fine-tuned model at dimension {row.dimension}: {split} {after.primary_metric} is {value}")
     return found
+
+
+def _collapse_notes(model: Any, built: BuiltDataset, task: Any, batch_size: int) -> list[str]:
+    """Say so when the model gives (nearly) one embedding to every text: any metric on it is chance."""
+    import numpy as np
+
+    texts = list(dict.fromkeys(str(t) for c in task.text_columns if c in built.dev.columns for t in built.dev[c]))[:64]
+    if len(texts) < 3:
+        return []
+    try:
+        emb = np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a check that only adds a warning never fails an evaluation
+        logger.debug("could not check the embeddings for collapse", exc_info=True)
+        return []
+    if emb.ndim != 2 or not np.isfinite(emb).all():
+        return []
+    sims = emb @ emb.T
+    if float(sims.min()) > 1 - 1e-4:
+        return [
+            f"the model gives nearly the same embedding to every text (cosine between {len(texts)} different dev texts "
+            f">= {float(sims.min()):.6f}): its metrics are chance level (check model.max_seq_length, the learning rate, the loss)"
+        ]
+    return []
 
 
 def _schedule_warnings(t_cfg: TrainingConfig, train_rows: int, steps: int) -> list[str]:

@@ -81,3 +81,19 @@ def test_retrieval_pairs_form_builds_a_corpus_from_positives_and_negatives():
     assert {f"answer {i}" for i in range(30)} | {f"wrong answer {i}" for i in range(30)} == texts
     ds = built.dataset("train")
     assert ds.column_names == ["anchor", "positive", "negative"]
+
+
+def test_a_qrels_name_is_found_inside_the_beir_folder(tmp_path, monkeypatch):
+    import json
+
+    from embedft.convert import load_beir
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(3)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(3)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3)))
+    monkeypatch.chdir(tmp_path)  # no test.tsv here: the name is the folder's qrels/test.tsv
+    for name in ("test.tsv", "qrels/test.tsv"):
+        pairs, corpus, _ = load_beir(folder, name)
+        assert len(pairs) == 3 and len(corpus) == 3

@@ -471,3 +471,17 @@ def test_sts_gold_scores_with_two_levels_are_a_warning():
     assert any("only 2 values" in w for w in built.report.warnings), built.report.warnings
     graded = DatasetBuilder(cache=False, task="sts").build(rows)
     assert not any("only 2 values" in w for w in graded.report.warnings)
+
+
+def test_a_tiny_retrieval_corpus_and_a_squeezed_score_range_warn():
+    from embedft import DatasetBuilder
+
+    from conftest import make_task_rows
+
+    rows = [{"query": r["query"], "positive": "the same doc"} for r in make_task_rows("retrieval", 40)]
+    built = DatasetBuilder(cache=False, task="retrieval").build(rows)
+    assert any("the corpus has 1 documents" in w for w in built.report.warnings), built.report.warnings
+    sts = make_task_rows("sts", 40)
+    wide = DatasetBuilder(cache=False, task="sts", score_range=(0, 100)).build(sts)
+    assert any("cover only" in w for w in wide.report.warnings), wide.report.warnings
+    assert not any("cover only" in w for w in DatasetBuilder(cache=False, task="sts").build(sts).report.warnings)

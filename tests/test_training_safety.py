@@ -320,3 +320,43 @@ def test_evaluate_takes_a_run_folder_for_its_model(train_kwargs):
     by_run = Trainer(**train_kwargs).evaluate(str(result.output_dir))
     by_model = Trainer(**train_kwargs).evaluate(str(result.model_path))
     assert by_run.test == by_model.test
+
+
+def test_collapsed_embeddings_and_weak_splits_are_warned_in_evaluate_and_fit(train_kwargs, tiny_model_path):
+    from embedft import Trainer
+
+    result = Trainer(**{**train_kwargs, "max_seq_length": 2}).fit()  # [CLS][SEP] only: every text the same
+    assert any("same embedding" in w for w in result.warnings), result.warnings
+    report = Trainer(**train_kwargs).evaluate(tiny_model_path)
+    assert not any("same embedding" in w for w in report.warnings)
+    assert report.warnings == list(dict.fromkeys(report.warnings))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "Trainer('base.yaml')",
+        "Trainer(123)",
+        "Trainer(on_evaluate=3)",
+        "Trainer(callbacks='x')",
+        "DatasetBuilder(5)",
+        "load_config(None)",
+        "RunConfig().with_overrides([3])",
+        "OptunaSearch({}, sampler=3)",
+        "OptunaSearch({}, pruner='median')",
+        "OptunaSearch({}, executor=object())",
+        "BuiltDataset.load(None)",
+    ],
+)
+def test_python_api_misuse_is_an_embedft_error(call):
+    from embedft import BuiltDataset, DatasetBuilder, EmbedftError, OptunaSearch, RunConfig, Trainer, load_config
+
+    names = {"BuiltDataset": BuiltDataset, "DatasetBuilder": DatasetBuilder, "OptunaSearch": OptunaSearch, "RunConfig": RunConfig, "Trainer": Trainer, "load_config": load_config}
+    with pytest.raises(EmbedftError):
+        eval(call, names)  # noqa: S307 - test inputs
+
+
+def test_one_override_string_is_one_override():
+    from embedft import RunConfig
+
+    assert RunConfig().with_overrides("training.epochs=2").training.epochs == 2
