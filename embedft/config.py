@@ -511,15 +511,14 @@ def _short(value: Any) -> Any:
     and a URL inside is shown with its password masked."""
     import reprlib
 
-    from embedft.redact import redact_url
+    from embedft.redact import mask_urls
 
     if value is None:
         return None
 
-    def clean(v: Any, depth: int = 0) -> Any:
+    def clean(v: Any, depth: int = 0) -> Any:  # cut first (bounded work), mask before the repr cuts further
         if isinstance(v, str):
-            v = v[:2000]
-            return redact_url(v) if "://" in v else v
+            return mask_urls(v[:2000])
         if depth < 3 and isinstance(v, (list, tuple)):
             return type(v)(clean(x, depth + 1) for x in list(v)[:20])
         if depth < 3 and isinstance(v, dict):

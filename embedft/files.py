@@ -21,6 +21,7 @@ before any model loads.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -28,7 +29,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from embedft.errors import ConfigError, EmbedftError, OutputExistsError
@@ -45,6 +46,7 @@ __all__ = [
     "replace_dir",
     "remove_owned",
     "atomic_write_text",
+    "replacing",
     "default_cache_root",
     "prepare_cache_root",
     "OutputError",
@@ -395,17 +397,28 @@ def remove_owned(path: str | os.PathLike, kinds: Iterable[str] | None = None) ->
     return True
 
 
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """A temporary path next to ``path``; once the block has written it, it replaces ``path`` by a rename.
+
+    ``path`` is never rewritten in place (a hard-linked copy elsewhere keeps its content) and is
+    never half-written; the temporary file is removed if the block fails. ``suffix`` keeps a
+    file type visible to writers that infer it from the name (``.png``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def default_cache_root(root: str | os.PathLike | None = None) -> Path:

@@ -248,11 +248,10 @@ class ModalBackend:
         """Upload a local model folder once (keyed by its files' names, sizes and times); returns its container path."""
         import hashlib
 
+        from embedft.modeling import local_model_digest
+
         local_dir = Path(local_dir).resolve()
-        digest = hashlib.sha256(str(local_dir).encode())
-        for f in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            st = f.stat()
-            digest.update(f"{f.relative_to(local_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        digest = hashlib.sha256(f"{local_dir}:{local_model_digest(str(local_dir))}".encode())
         key = f"{local_dir.name}-{digest.hexdigest()[:12]}"
         self._upload_once(local_dir, f"/models/{key}", "modules.json" if (local_dir / "modules.json").is_file() else "config.json")
         return self.remote_path("models", key)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-__all__ = ["redact_url", "scrub", "url_problem", "mask_urls", "MASK"]
+__all__ = ["redact_url", "scrub", "url_problem", "mask_urls", "mask_values", "MASK"]
 
 MASK = "***"
 """What a secret is replaced with."""
@@ -165,3 +165,18 @@ def mask_urls(text: str) -> str:
         return redact_url(url) if _secrets(url) else url
 
     return _URL_CANDIDATE.sub(one, text)
+
+
+def mask_values(value: Any) -> Any:
+    """``value`` with :func:`mask_urls` applied to every string in it, at any depth (dicts, lists, tuples).
+
+    >>> mask_values({"choices": ["https://u:pw@example.com/m", 3]})
+    {'choices': ['https://u:***@example.com/m', 3]}
+    """
+    if isinstance(value, str):
+        return mask_urls(value)
+    if isinstance(value, dict):
+        return {k: mask_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_values(v) for v in value)
+    return value

@@ -33,8 +33,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from embedft.config import ModalConfig, RunConfig, Seed, StrictModel, _validate, load_config
 from embedft.errors import ConfigError, EmbedftError
-from embedft.redact import redact_url, scrub, url_problem
-from embedft.files import atomic_write_text, check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir
+from embedft.redact import mask_values, redact_url, scrub, url_problem
+from embedft.files import atomic_write_text, check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir, replacing
 from embedft.tasks import get_task
 from embedft.trial import TrialConfig, TrialResult
 
@@ -258,23 +258,10 @@ class SearchConfig(_Strict):
         if redact:  # the storage URL, and any URL with a password elsewhere (a searched model's address)
             if data.get("storage"):
                 data["storage"] = redact_url(data["storage"])
-            data = _masked(data)
+            data = mask_values(data)
         path = Path(path)
         atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
         return path
-
-
-def _masked(value: Any) -> Any:
-    """``value`` with every URL that carries a password shown redacted, in strings at any depth."""
-    from embedft.redact import mask_urls
-
-    if isinstance(value, str):
-        return mask_urls(value)
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    return value
 
 
 def _fixed_per_search(key: str) -> str | None:
@@ -950,7 +937,7 @@ class OptunaSearch:
         keys = sorted(k for k in set(theirs.get("space") or {}) | set(mine["space"]) if (theirs.get("space") or {}).get(k) != mine["space"].get(k))
         if keys:
             differ.append(("space", lambda fp: "space " + ", ".join(f"{k}={_describe_distribution((fp.get('space') or {}).get(k))}" for k in keys)))
-        if "base" in theirs:  # recorded since embedft 0.1.1: the base model and training settings must agree too
+        if "base" in theirs:  # studies recorded before base settings were fingerprinted lack it: not compared
             base = sorted(k for k in set(theirs["base"]) | set(mine["base"]) if theirs["base"].get(k) != mine["base"].get(k))
             if base:
                 differ.append(("base", lambda fp: "base " + ", ".join(f"{k}={(fp.get('base') or {}).get(k)!r}" for k in base[:5])))
@@ -1055,7 +1042,7 @@ class OptunaSearch:
                     "number": t.number,
                     "state": t.state.name,
                     "value": t.value,
-                    **{f"param:{k}": _masked(v) for k, v in t.params.items()},
+                    **{f"param:{k}": mask_values(v) for k, v in t.params.items()},
                     "seconds": t.user_attrs.get("seconds"),
                     "train_seconds": t.user_attrs.get("train_seconds"),
                     "train_steps": t.user_attrs.get("train_steps"),
@@ -1065,14 +1052,11 @@ class OptunaSearch:
             )
         csv_path, json_path = self.output_dir / "trials.csv", self.output_dir / "trials.json"
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
-        with tmp_csv.open("w", newline="", encoding="utf-8") as fh:
+        with replacing(csv_path) as tmp_csv, tmp_csv.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        tmp_json.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp_csv, csv_path)
-        os.replace(tmp_json, json_path)
+        atomic_write_text(json_path, json.dumps(rows, indent=2, default=str))
         return csv_path, json_path
 
     def _finish(self, study, data_dir: Path, gpu_seconds: float | None = None) -> SearchResult:
@@ -1099,7 +1083,7 @@ class OptunaSearch:
             best_trial = study.best_trial
             best_cfg = resolve_params(self.config.base, best_trial.params).model_copy(update={"output_dir": str(self.output_dir / "best-retrained"), "overwrite": False})
             config_path = best_cfg.save(self.output_dir / "best_config.yaml")
-            result.best_number, result.best_value, result.best_params = best_trial.number, best_trial.value, _masked(dict(best_trial.params))
+            result.best_number, result.best_value, result.best_params = best_trial.number, best_trial.value, mask_values(dict(best_trial.params))
             result.best_config_path = config_path
             result.best_model_path, result.best_test, result.base_test = self._best_model_and_test(best_trial, best_cfg, data_dir)
         result.plots = self._plots(study)
@@ -1242,12 +1226,8 @@ def _grid_exhausted(study) -> bool:
 
 def _save_figure(fig: Any, path: Path) -> None:
     """Save a plot through a temporary file and a rename (a file hard-linked elsewhere is never rewritten)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
+    with replacing(path, suffix=path.suffix) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60) -> str:
