@@ -170,18 +170,14 @@ def _train_remote(cfg: RunConfig, modal_cfg) -> int:
 def _search(args: argparse.Namespace) -> int:
     from embedft.search import OptunaSearch, SearchConfig, _Progress, format_trials
 
-    cfg = load_config(args.config, SearchConfig)
+    cfg = SearchConfig.from_file(args.config)
     updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir), ("backend", args.backend)) if v is not None}
-    data = cfg.model_dump(mode="json")
-    data.update(updates)
     if args.modal_config or args.gpu:
-        data["modal"] = _modal_config(args, cfg.modal).model_dump(mode="json")
+        updates["modal"] = _modal_config(args, cfg.modal).model_dump(mode="json")
+    if updates:
+        cfg = cfg.with_overrides(updates, source="the command line")
     if args.overrides:
-        from embedft.config import _parse_scalar, _set_dotted, _split_assignment
-
-        for key, value in map(_split_assignment, args.overrides):
-            _set_dotted(data, key, _parse_scalar(value))
-    cfg = SearchConfig.from_dict(data)
+        cfg = cfg.with_overrides(args.overrides)
     search = OptunaSearch(cfg)
     check_output_dir(cfg.output_dir, kind="search", resume=True, inputs=[("config", args.config), *search.inputs()])
     where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.backend == "modal" else f"{cfg.workers} local worker(s)"

@@ -18,15 +18,19 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
+from typing_extensions import Self  # typing.Self from Python 3.11; pydantic depends on typing_extensions
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedft.errors import ConfigError
 
 __all__ = [
     "StrictModel",
+    "ConfigBase",
+    "validate_config",
     "Seed",
     "ConfigLoader",
     "load_yaml",
@@ -47,6 +51,8 @@ DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Column roles across all tasks; each task reads its own subset (``embedft.get_task(name).roles``).
 CANONICAL_COLUMNS = ("text1", "text2", "label", "score", "id1", "id2", "anchor", "positive", "negative", "query", "query_id", "doc_id")
 
+
+_M = TypeVar("_M", bound=BaseModel)
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 """A random seed: numpy accepts 0 .. 2**32 - 1."""
@@ -300,7 +306,61 @@ class ModalConfig(_Section):
         return value.rstrip("/") or "/"
 
 
-class RunConfig(_Section):
+class ConfigBase(StrictModel):
+    """Base of the file-level configs (:class:`RunConfig`, ``SearchConfig``): files, dicts and overrides.
+
+    >>> cfg = RunConfig.from_dict({"training": {"epochs": 2}})
+    >>> cfg.with_overrides({"training.epochs": 3}).training.epochs
+    3
+    """
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Load a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file; errors name the field."""
+        return load_config(path, cls)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Self:
+        """Validate a plain dict; errors become :class:`ConfigError` naming the field."""
+        return validate_config(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types (what :meth:`from_dict` reads back)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML or JSON, chosen by the file suffix (atomically)."""
+        from embedft.files import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_yaml())
+        return path
+
+    def with_overrides(self, assignments: list[str] | dict[str, Any] | str, *, source: str = "--set") -> Self:
+        """Return a copy with dotted-key overrides applied (``training.epochs=2``).
+
+        Values given as strings are parsed as YAML scalars, so ``2`` is an int,
+        ``3e-5`` a float and ``null`` is None.
+        """
+        data = self.to_dict()
+        if isinstance(assignments, str):  # one assignment, not its characters
+            assignments = [assignments]
+        if not isinstance(assignments, dict) and not all(isinstance(a, str) for a in assignments):
+            raise ConfigError("overrides are key=value strings or a dict", field="--set", expected="['section.key=value', ...] or {'section.key': value}", found=[type(a).__name__ for a in assignments][:5])
+        items = assignments.items() if isinstance(assignments, dict) else map(_split_assignment, assignments)
+        for key, value in items:
+            if isinstance(value, str) and not isinstance(assignments, dict):
+                value = _parse_scalar(value)
+            _set_dotted(data, key, value)
+        return validate_config(type(self), data, source)
+
+
+class RunConfig(ConfigBase):
+    model_config = ConfigDict(validate_assignment=True)
+
     """One fine-tuning run: task, data, model, training and where the result goes."""
 
     task: str = "pair-classification"
@@ -364,50 +424,6 @@ class RunConfig(_Section):
 
         return self.training.loss or get_task(self.task).default_loss
 
-    # ---------------------------------------------------------------- files
-    @classmethod
-    def from_file(cls, path: str | Path) -> RunConfig:
-        """Load a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file."""
-        return load_config(path, cls)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
-        """Validate a plain dict; errors become :class:`ConfigError` naming the field."""
-        return _validate(cls, data, source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the config as YAML or JSON, chosen by the file suffix."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_yaml()
-        from embedft.files import atomic_write_text
-
-        atomic_write_text(path, text)
-        return path
-
-    def with_overrides(self, assignments: list[str] | dict[str, Any] | str, *, source: str = "--set") -> RunConfig:
-        """Return a copy with dotted-key overrides applied (``training.epochs=2``).
-
-        Values given as strings are parsed as YAML scalars, so ``2`` is an int,
-        ``3e-5`` a float and ``null`` is None.
-        """
-        data = self.to_dict()
-        if isinstance(assignments, str):  # one assignment, not its characters
-            assignments = [assignments]
-        if not isinstance(assignments, dict) and not all(isinstance(a, str) for a in assignments):
-            raise ConfigError("overrides are key=value strings or a dict", field="--set", expected="['section.key=value', ...] or {'section.key': value}", found=[type(a).__name__ for a in assignments][:5])
-        items = assignments.items() if isinstance(assignments, dict) else map(_split_assignment, assignments)
-        for key, value in items:
-            if isinstance(value, str) and not isinstance(assignments, dict):
-                value = _parse_scalar(value)
-            _set_dotted(data, key, value)
-        return _validate(type(self), data, source)
-
 
 def _split_assignment(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -452,7 +468,8 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _validate(cls: type[BaseModel], data: Any, source: str):
+def validate_config(cls: type[_M], data: Any, source: str) -> _M:
+    """``cls.model_validate(data)`` with pydantic's errors turned into one :class:`ConfigError` naming the field."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -732,4 +749,4 @@ def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("a config file must hold a mapping", field="config", expected="a mapping of sections", found=type(data).__name__)
-    return _validate(cls, data, path.name)
+    return validate_config(cls, data, path.name)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from embedft.config import DataConfig, _validate
+from embedft.config import DataConfig, validate_config
 from embedft.errors import DataError, EmbedftError
 from embedft.readers import check_line_lengths, open_binary, read_guard
 from embedft.files import OutputError, check_output_dir, new_scratch, prepare_cache_root, remove_owned, replace_dir
@@ -321,7 +321,7 @@ class DatasetBuilder:
             raise DataError("DatasetBuilder takes a DataConfig or a dict (the data itself goes to build() or source=)", field="config", expected="a DataConfig, a dict or None", found=type(config).__name__)
         base = config.model_dump() if isinstance(config, DataConfig) else dict(config or {})
         base.update(overrides)
-        self.config: DataConfig = _validate(DataConfig, base, "DatasetBuilder")
+        self.config: DataConfig = validate_config(DataConfig, base, "DatasetBuilder")
         self.task: TaskSpec = get_task(task)
 
     # ------------------------------------------------------------------ build

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from embedft.config import TrainingConfig, _validate
+from embedft.config import TrainingConfig, validate_config
 from embedft.errors import ConfigError, DataError, ModelError, TrainingError
 from embedft.files import default_cache_root, prepare_cache_root
 
@@ -685,7 +685,7 @@ def fit_head(
     from transformers import get_scheduler
 
     t0 = time.perf_counter()
-    cfg = config if isinstance(config, TrainingConfig) else _validate(TrainingConfig, dict(config or {}), "fit_head")
+    cfg = config if isinstance(config, TrainingConfig) else validate_config(TrainingConfig, dict(config or {}), "fit_head")
     if hooks and evaluate is None:
         raise ConfigError("evaluation hooks need an evaluate function", field="evaluate", expected="a callable returning metrics", found=None)
     backbone, head = split_backbone(model)

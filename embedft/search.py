@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from embedft.config import ModalConfig, RunConfig, Seed, StrictModel, _validate, load_config
+from embedft.config import ConfigBase, ModalConfig, RunConfig, Seed, StrictModel, validate_config
 from embedft.errors import ConfigError, EmbedftError
 from embedft.redact import mask_values, redact_url, scrub, url_problem
 from embedft.files import atomic_write_text, check_output_dir, mark, new_scratch, owner, remove_owned, replace_dir, replacing
@@ -170,7 +170,7 @@ _DENSE_OUT = "model.dense.out_features"
 _DENSE_ACT = "model.dense.activation"
 
 
-class SearchConfig(_Strict):
+class SearchConfig(ConfigBase):
     """A base :class:`RunConfig` and a search space over its dotted fields.
 
     Example YAML::
@@ -240,21 +240,11 @@ class SearchConfig(_Strict):
             raise ValueError("executor 'inprocess' runs one trial at a time; use executor 'process' for workers > 1")
         return self
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> SearchConfig:
-        """Read a search config from YAML or JSON; errors name the field."""
-        return load_config(path, cls)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        """Validate a dict (e.g. parsed YAML); errors name the field."""
-        return _validate(cls, data, "search config")
-
     def save(self, path: str | Path, *, redact: bool = False) -> Path:
         """Write the config as YAML; ``redact`` masks a password in the storage URL (run-folder copies)."""
         import yaml
 
-        data = self.model_dump(mode="json")
+        data = self.to_dict()
         if redact:  # the storage URL, and any URL with a password elsewhere (a searched model's address)
             if data.get("storage"):
                 data["storage"] = redact_url(data["storage"])
@@ -308,7 +298,7 @@ def resolve_params(base: RunConfig, params: dict[str, Any], base_dict: dict[str,
         else:
             act = params.get(_DENSE_ACT, (data["model"]["dense"] or {}).get("activation", "tanh"))
             data["model"]["dense"] = {"out_features": out, "activation": act}
-    return _validate(RunConfig, data, "search parameters")
+    return validate_config(RunConfig, data, "search parameters")
 
 
 class SearchResult(BaseModel):

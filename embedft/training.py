@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, _validate, load_config
+from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, validate_config, load_config
 from embedft.data import BuiltDataset, DatasetBuilder
 from embedft.errors import ConfigError, EmbedftError, ModelError, TrainingError
 from embedft.files import OutputError, check_output_dir, mark, new_scratch, remove_owned, replace_dir
@@ -116,7 +116,7 @@ class Trainer:
                 base[name] = {**base.get(name, {}), **values}
             else:
                 base[name] = values
-        self.config: RunConfig = _validate(RunConfig, base, "Trainer")
+        self.config: RunConfig = validate_config(RunConfig, base, "Trainer")
         self.task = get_task(self.config.task)
         self._loss = _check_loss_argument(loss)
         self._evaluator = _check_evaluator_argument(evaluator)
