@@ -378,15 +378,8 @@ class RunConfig(ConfigBase):
             task = get_task(self.task)
         except ConfigError as exc:
             raise ConfigError("unknown task", field="task", expected=exc.expected, found=self.task) from None
-        loss = self.training.loss or task.default_loss
-        if loss not in task.losses:
-            raise ConfigError(
-                f"loss {loss!r} is not allowed for task {task.name!r}; allowed: {sorted(task.losses)}",
-                field="training.loss",
-                expected=f"one of {sorted(task.losses)}",
-                found=loss,
-            )
-        spec = task.losses[loss]
+        spec = task.loss(self.training.loss)
+        loss = spec.name
         if self.training.loss_kwargs:  # checked against the loss's signature here, so a search stops before any trial
             spec.prepare_kwargs(self.training.loss_kwargs)
         if spec.needs_guide and not self.training.guide_model:
@@ -408,7 +401,7 @@ class RunConfig(ConfigBase):
             )
         if self.data.score_range is not None and task.label_type != "score":
             raise ConfigError("score_range applies to scored tasks only", field="data.score_range", expected="null for task " + task.name, found=list(self.data.score_range))
-        if self.training.hard_negatives and not task.losses[loss].uses_hard_negatives:
+        if self.training.hard_negatives and not spec.uses_hard_negatives:
             raise ConfigError(
                 "hard_negatives=true needs a loss that takes hard negatives",
                 field="training.hard_negatives",

@@ -21,7 +21,7 @@ import inspect
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,8 +54,9 @@ class LossSpec:
     input_format: InputFormat
     description: str
     uses_hard_negatives: bool = False
-    uses_in_batch_negatives: bool = False
+    uses_in_batch_negatives: bool = False  # other rows are negatives: batches never repeat a text (NO_DUPLICATES)
     needs_guide: bool = False
+    not_on_cached_embeddings: str | None = None  # why it cannot train a head on cached backbone embeddings (None: it can)
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The keyword arguments a config may give this loss (``training.loss_kwargs``).
@@ -149,7 +150,7 @@ class TaskSpec:
         key = name or self.default_loss
         if key not in self.losses:
             raise ConfigError(
-                f"loss not allowed for task {self.name!r}",
+                f"loss {key!r} is not allowed for task {self.name!r}; allowed: {sorted(self.losses)}",
                 field="training.loss",
                 expected=f"one of {sorted(self.losses)}",
                 found=key,
@@ -535,6 +536,7 @@ _CACHED_MNRL = LossSpec(
     "MultipleNegativesRankingLoss with gradient caching: large batches (more in-batch negatives) at a fixed memory cost.",
     uses_hard_negatives=True,
     uses_in_batch_negatives=True,
+    not_on_cached_embeddings="it re-embeds mini-batches of tokens (GradCache); on a frozen backbone MultipleNegativesRankingLoss computes the same loss",
 )
 _GIST = LossSpec(
     "GISTEmbedLoss",
@@ -544,6 +546,7 @@ _GIST = LossSpec(
     uses_hard_negatives=True,
     uses_in_batch_negatives=True,
     needs_guide=True,
+    not_on_cached_embeddings="it re-tokenizes each batch for its guide model",
 )
 
 _PAIR_LOSSES = {
@@ -623,7 +626,7 @@ def get_task(name: str) -> TaskSpec:
         raise ConfigError("unknown task", field="task", expected=sorted(_REGISTRY), found=name) from None
 
 
-register_task(
+_PAIR_CLASSIFICATION = register_task(
     TaskSpec(
         name="pair-classification",
         description=(
@@ -647,8 +650,10 @@ register_task(
     )
 )
 
+# The same input and losses as pair-classification; evaluated by mining the duplicates of a pool.
 register_task(
-    TaskSpec(
+    replace(
+        _PAIR_CLASSIFICATION,
         name="paraphrase-mining",
         description=(
             "Find the duplicates in a pool of texts (e.g. all questions of a forum). Input columns "
@@ -657,17 +662,10 @@ register_task(
             "average precision of the ranked candidate pairs against the labelled duplicates and "
             "their transitive closure."
         ),
-        input_columns=("text1", "text2", "label"),
-        optional_columns=("id1", "id2"),
-        id_columns=MappingProxyType({"text1": "id1", "text2": "id2"}),
-        label_type="binary",
         default_loss="MultipleNegativesRankingLoss",
-        losses=MappingProxyType(_PAIR_LOSSES),
         evaluator_factory=_mining_evaluator,
         evaluate=_mining_evaluate,
-        train_columns=_pair_train_columns,
         primary_metric="average_precision",
-        column_aliases=MappingProxyType(_PAIR_ALIASES),
         report_metrics=("average_precision", "f1", "precision", "recall"),
     )
 )
