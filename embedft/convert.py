@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedft.errors import DataError
+from embedft.readers import read_guard
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -129,10 +130,8 @@ def read_jsonl_records(path: Path, field: str = "data.source") -> list[dict]:
     """The JSON objects of a JSONL file (optionally gzipped).
 
     A broken line is a :class:`DataError` naming it; a file that cannot be read or decoded
-    is one too (see :func:`embedft.data.read_guard`), with ``field`` naming the setting.
+    is one too (see :func:`embedft.readers.read_guard`), with ``field`` naming the setting.
     """
-    from embedft.readers import read_guard
-
     records = []
     opener = gzip.open if path.suffix == ".gz" else open
     with read_guard(path, "jsonl", field), opener(path, "rt", encoding="utf-8") as fh:
@@ -179,8 +178,6 @@ def _beir_texts(path: Path, with_title: bool) -> pd.DataFrame:
 def _read_qrels(path: Path) -> pd.DataFrame:
     """A qrels TSV, read like every other data file; a line with fields missing is an error naming it."""
     import pandas as pd
-
-    from embedft.readers import read_guard
 
     with read_guard(path, "qrels TSV", "data.qrels"):
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
@@ -238,4 +235,4 @@ def load_beir(folder: str | Path, qrels: str | Path | None = None) -> tuple[pd.D
     if empty.any():
         logger.warning("%d corpus document(s) have no title or text; left out of the corpus", int(empty.sum()))
         corpus = corpus[~empty].reset_index(drop=True)
-    return pairs, corpus.rename(columns={"doc_id": "doc_id"}), unjudged
+    return pairs, corpus, unjudged

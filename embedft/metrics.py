@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from embedft.data.splitting import connected_components
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -297,20 +299,9 @@ def evaluate_paraphrase_mining(
 
 
 def _duplicate_closure(frame: pd.DataFrame, index: dict[str, int]) -> set[tuple[int, int]]:
-    parent = list(range(len(index)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    """Every pair (i < j) of texts linked by pairs labelled 1, directly or through other duplicates."""
     positives = frame[frame["label"] == 1]
-    for a, b in zip(positives["text1"], positives["text2"], strict=True):
-        ra, rb = find(index[a]), find(index[b])
-        if ra != rb:
-            parent[ra] = rb
     groups: dict[int, list[int]] = {}
-    for i in range(len(index)):
-        groups.setdefault(find(i), []).append(i)
+    for i, group in enumerate(connected_components(zip(positives["text1"].map(index), positives["text2"].map(index)), len(index)).tolist()):
+        groups.setdefault(group, []).append(i)
     return {(a, b) for members in groups.values() for x, a in enumerate(members) for b in members[x + 1 :]}

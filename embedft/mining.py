@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from embedft.config import MiningConfig
-from embedft.data import BuiltDataset, normalize_text
+from embedft.data.cleaning import normalize_text
 from embedft.errors import ConfigError, DataError
 from embedft.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
+
+    from embedft.data.built import BuiltDataset
 
 __all__ = ["MiningReport", "mine_hard_negatives"]
 
@@ -79,22 +81,8 @@ def mine_hard_negatives(built: BuiltDataset, model: SentenceTransformer, config:
     corpus = _candidates(built)
     k = config.num_negatives
     pairs = Dataset.from_dict({"anchor": train[anchor_col].tolist(), "positive": train["positive"].tolist()})
-    mined = st_mine(
-        pairs,
-        model,
-        corpus=corpus,
-        num_negatives=k,
-        range_min=config.range_min,
-        range_max=config.range_max,
-        max_score=config.max_score,
-        min_score=config.min_score,
-        absolute_margin=config.absolute_margin,
-        relative_margin=config.relative_margin,
-        sampling_strategy=config.sampling_strategy,
-        output_format="n-tuple",
-        batch_size=config.batch_size,
-        verbose=False,
-    )
+    # every MiningConfig field is an argument of sentence-transformers' mine_hard_negatives, by name
+    mined = st_mine(pairs, model, corpus=corpus, output_format="n-tuple", verbose=False, **config.model_dump())
     columns = [c for c in mined.column_names if c.startswith("negative")]
     found: dict[tuple[str, str], list[str]] = {}
     for row in mined:
@@ -114,13 +102,6 @@ def mine_hard_negatives(built: BuiltDataset, model: SentenceTransformer, config:
         )
     for i in range(k):
         out[f"mined_{i + 1}"] = [found[(a, p)][i] for a, p in zip(out[anchor_col], out["positive"], strict=True)]
-    report = MiningReport(
-        rows=len(train),
-        rows_with_negatives=len(out),
-        num_negatives=k,
-        negatives_found=len(out) * k,
-        candidates=len(corpus),
-        dropped_rows=len(train) - len(out),
-    )
+    report = MiningReport(rows=len(train), rows_with_negatives=len(out), num_negatives=k, negatives_found=len(out) * k, candidates=len(corpus), dropped_rows=len(train) - len(out))
     logger.info("%s", report.summary())
     return built.with_train(out), report

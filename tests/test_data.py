@@ -1,4 +1,6 @@
+import doctest
 import gzip
+import importlib
 import json
 import random
 
@@ -207,6 +209,20 @@ def test_ids_link_texts_without_shared_strings():
     for name in ("train", "dev", "test"):
         f = built.split(name)
         assert (f.groupby("component").size() == 2).all()
+
+
+def test_connected_components_link_transitively_and_number_by_first_node():
+    from embedft.data import connected_components
+
+    assert connected_components([], 3).tolist() == [0, 1, 2]
+    assert connected_components([(4, 0), (2, 0), (3, 1), (1, 1), (3, 1)], 6).tolist() == [0, 1, 0, 1, 0, 2]
+
+
+@pytest.mark.parametrize("module", ["builder", "built", "cleaning", "loading", "splitting"])
+def test_data_submodule_docstring_examples(module):
+    # tests/test_docs.py runs the docstring examples of embedft's top-level modules; these are the data package's
+    result = doctest.testmod(importlib.import_module(f"embedft.data.{module}"), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
 
 
 def test_random_graphs_are_group_disjoint_and_stratified():

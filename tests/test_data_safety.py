@@ -150,6 +150,7 @@ def test_demo_with_some_ids_blanked_keeps_its_groups(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     report = build(str(path)).report
     assert report.largest_component <= 7 and report.components >= 67  # blanks link nothing; text links remain
+    assert not any("id(s) name" in w for w in report.warnings), report.warnings  # nor are they one id reused
 
 
 # ------------------------------------------------------------------ 3. quoting that swallows rows
