@@ -18,10 +18,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, validate_config, load_config
 from embedft.data import BuiltDataset, DatasetBuilder
@@ -30,13 +29,39 @@ from embedft.files import OutputError, check_output_dir, mark, new_scratch, remo
 from embedft.results import EvalReport, MatryoshkaRow, TrainResult
 from embedft.tasks import get_task
 
-__all__ = ["Trainer", "EvaluateHook"]
+__all__ = ["EvaluateHook", "LogProgress", "Progress", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
 # Called at each dev evaluation with (global step, dev metrics without prefixes).
 # Returning True stops training; raising (e.g. optuna.TrialPruned) aborts fit().
 EvaluateHook = Callable[[int, dict[str, float]], "bool | None"]
+
+
+class Progress(Protocol):
+    """Where :class:`Trainer` reports what it is doing; the CLI draws one progress bar per phase.
+
+    ``phase(name, total)`` is a context manager around one phase (``data``, ``baseline evaluation``,
+    ``embedding cache``, ``training``, ``final evaluation``); its value has ``update(n=1, **postfix)``.
+    ``total`` is the number of steps to expect (None: the phase is one step, done when it ends).
+    Training reports each step, and refreshes the postfix (latest loss, dev score) with ``n=0``.
+    """
+
+    def phase(self, name: str, total: int | None = None) -> contextlib.AbstractContextManager[Any]: ...
+
+
+class LogProgress:
+    """The default :class:`Progress`: draws nothing, logs how long each phase took (DEBUG)."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int | None = None) -> Iterator[LogProgress]:
+        t0 = time.perf_counter()
+        yield self
+        logger.debug("%s took %.1fs", name, time.perf_counter() - t0)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """Nothing to draw."""
+
 
 _SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 _TOP_LEVEL = {"task", "output_dir", "overwrite"}
@@ -71,6 +96,9 @@ class Trainer:
         evaluator: a sentence-transformers evaluator for dev instead of the registry's.
         on_evaluate: hooks called at each dev evaluation (see :data:`EvaluateHook`).
         callbacks: extra ``transformers.TrainerCallback`` objects.
+        reporter: where phases and training steps are reported (a :class:`Progress`; default:
+            :class:`LogProgress`). The trainer never prints: transformers' log dicts go to the
+            ``embedft.training`` logger at DEBUG.
 
     Example::
 
@@ -89,6 +117,7 @@ class Trainer:
         evaluator: Any = None,
         on_evaluate: list[EvaluateHook] | None = None,
         callbacks: list[Any] | None = None,
+        reporter: Progress | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
@@ -112,10 +141,7 @@ class Trainer:
         for name, values in sections.items():
             base[name] = {**base.get(name, {}), **values}
         for name, values in _route_kwargs(flat).items():
-            if name in _SECTIONS:
-                base[name] = {**base.get(name, {}), **values}
-            else:
-                base[name] = values
+            base[name] = {**base.get(name, {}), **values} if name in _SECTIONS else values
         self.config: RunConfig = validate_config(RunConfig, base, "Trainer")
         self.task = get_task(self.config.task)
         self._loss = _check_loss_argument(loss)
@@ -123,6 +149,7 @@ class Trainer:
         self._check_before_load()
         self._hooks = list(on_evaluate or [])
         self._callbacks = list(callbacks or [])
+        self.reporter: Progress = reporter or LogProgress()
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> Trainer:
@@ -139,8 +166,8 @@ class Trainer:
             if self._data_object.task != self.task.name:
                 raise ConfigError("built dataset is for another task", field="task", expected=self.task.name, found=self._data_object.task)
             return self._data_object.cap_train(self.config.data.max_train_pairs, self.config.data.seed)
-        builder = DatasetBuilder(self.config.data, task=self.task.name)
-        return builder.build(self._data_object)
+        with self.reporter.phase("data"):
+            return DatasetBuilder(self.config.data, task=self.task.name).build(self._data_object)
 
     # ------------------------------------------------------------------ fit
     def fit(self, *, baseline: bool = True, evaluate_test: bool = True) -> TrainResult:
@@ -158,95 +185,72 @@ class Trainer:
 
         device = resolve_device(cfg.training.device)
         precision = training_precision_flags(cfg.training, device)
-        _seed_everything(cfg.training.seed)
+        from transformers import set_seed
+
+        set_seed(cfg.training.seed)
         model = load_model(cfg.model, device, seed=cfg.training.seed)
         t_cfg = cfg.training
 
         dims = _check_matryoshka_dims(t_cfg.matryoshka_dims, model)
         loss_spec = self.task.loss(t_cfg.loss)
-        cache = self._frozen_cache(model, loss_spec.name)
-        scorer = model
-        if cache is not None:  # evaluation goes through the same cache as training
-            from embedft.frozen import CachedEncoder
+        cache = self._frozen_cache(model, loss_spec)
+        trained = model  # what trains and is evaluated: the model, or its head on cached backbone embeddings
+        if cache is not None:
+            from embedft.frozen import cached_model
 
-            scorer = CachedEncoder(model, cache)
-        before = self._evaluate(scorer, built, evaluate_test) if baseline else None
-        base_by_dim = self._evaluate_dims(model, built, dims, evaluate_test) if baseline and dims else {}
-        if before is not None:
+            trained = cached_model(model, cache)
+        before, base_by_dim = None, {}
+        if baseline:
+            with self.reporter.phase("baseline evaluation"):
+                before = self._evaluate(trained, built, evaluate_test)
+                base_by_dim = self._evaluate_dims(trained, built, dims, evaluate_test)
             logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
 
         mining = None
         if cfg.data.mine_hard_negatives is not None:
             from embedft.mining import mine_hard_negatives
 
-            built, mining = mine_hard_negatives(built, model, cfg.data.mine_hard_negatives)
+            built, mining = mine_hard_negatives(built, trained, cfg.data.mine_hard_negatives)
 
         train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
-        if cache is None:
-            loss = _loss_module(self._loss, model) if self._loss is not None else self._build_loss(loss_spec, model, device)
-            evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
+        frozen_cache = None
+        if cache is not None:
+            with self.reporter.phase("embedding cache"):
+                frozen_cache = _fill_cache(trained, train_ds)
+        loss = _loss_module(self._loss, trained) if self._loss is not None else self._build_loss(loss_spec, trained, device)
+        evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
 
         tmp = new_scratch(out)  # also removes the scratch of a run that was killed
         mark(tmp / "checkpoints", "scratch")
         try:
-            if cache is not None:
-                run = self._fit_cached(model, scorer, cache, built, train_ds, loss_spec)
-            else:
-                monitor = _make_monitor(evaluator, self._hooks, t_cfg.early_stopping_patience, self.task.greater_is_better)
-                trainer = _make_st_trainer(model, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, [monitor, *self._callbacks])
+            with self.reporter.phase("training", _planned_steps(t_cfg, len(train_ds))) as bar, _one_thread_steps(cache is not None and device == "cpu") as one_thread:
+                monitor = _make_monitor(evaluator, self.task, self._hooks, t_cfg.early_stopping_patience, bar)
+                callbacks = [monitor, *one_thread, *self._callbacks]
+                trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, callbacks)
                 t0 = time.perf_counter()
                 with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
                     output = trainer.train()
-                run = _Run(
-                    seconds=time.perf_counter() - t0,
-                    steps=int(trainer.state.global_step),
-                    epochs=float(trainer.state.epoch or 0.0),
-                    loss=_finite_or_none(output.training_loss),
-                    loss_name=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
-                    stopped_early=monitor.stopped_early,
-                    history=monitor.history,
-                )
-            model.eval()
-            after = self._evaluate(scorer, built, evaluate_test)
+                seconds, steps, epochs = time.perf_counter() - t0, int(trainer.state.global_step), float(trainer.state.epoch or 0.0)
+            train_loss = float(output.training_loss)
+            trained.eval()
+            with self.reporter.phase("final evaluation"):
+                after = self._evaluate(trained, built, evaluate_test)
+                matryoshka = [
+                    MatryoshkaRow(dimension=dim, bytes_per_vector=4 * dim, dev=report.dev_score, test=report.test_score if report.test else None,
+                                  base_test=base_by_dim[dim].test_score if dim in base_by_dim and base_by_dim[dim].test else None)
+                    for dim, report in self._evaluate_dims(trained, built, dims, evaluate_test).items()
+                ]
             logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
-            matryoshka = []
-            for dim, report in self._evaluate_dims(model, built, dims, evaluate_test).items():
-                base = base_by_dim.get(dim)
-                matryoshka.append(
-                    MatryoshkaRow(
-                        dimension=dim,
-                        bytes_per_vector=4 * dim,
-                        dev=report.dev_score,
-                        test=report.test_score if report.test else None,
-                        base_test=base.test_score if base is not None and base.test else None,
-                    )
-                )
 
             remove_owned(tmp / "checkpoints")
-            pairs_seen = len(train_ds) * run.epochs
             result = TrainResult(
-                task=self.task.name,
-                base_model=cfg.model.base_model,
-                loss=run.loss_name,
-                before=before,
-                after=after,
-                train_pairs=len(train_ds),
-                train_steps=run.steps,
-                train_seconds=run.seconds,
-                train_pairs_per_second=pairs_seen / run.seconds if run.seconds > 0 else 0.0,
-                train_loss=run.loss,
-                stopped_early=run.stopped_early,
-                dev_history=run.history,
-                frozen_cache=run.cache,
-                device=device,
-                output_dir=out,
-                model_path=out / "model",
-                config_path=out / "config.yaml",
-                metrics_path=out / "metrics.json",
-                data=built.report,
-                matryoshka=matryoshka,
-                mining=mining,
-                warnings=[*_result_warnings(built.report, before, after, matryoshka, cfg.model.base_model), *_schedule_warnings(t_cfg, len(train_ds), run.steps)],
+                task=self.task.name, base_model=cfg.model.base_model, loss=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
+                before=before, after=after, matryoshka=matryoshka, data=built.report, mining=mining, frozen_cache=frozen_cache, device=device,
+                train_pairs=len(train_ds), train_steps=steps, train_seconds=seconds, train_loss=train_loss if math.isfinite(train_loss) else None,
+                train_pairs_per_second=len(train_ds) * epochs / seconds if seconds > 0 else 0.0,
+                stopped_early=monitor.stopped_early, dev_history=monitor.history,
+                output_dir=out, model_path=out / "model", config_path=out / "config.yaml", metrics_path=out / "metrics.json",
+                warnings=[*_result_warnings(built.report, before, after, matryoshka, cfg.model.base_model), *_schedule_warnings(t_cfg, len(train_ds), steps)],
             )
             _save_run(tmp, out, model, cfg, result)
             replace_dir(tmp, out, kind="run", overwrite=cfg.overwrite)
@@ -278,65 +282,22 @@ class Trainer:
             except ModelError as exc:
                 raise ModelError(exc.message.replace("base model", "guide model"), field="training.guide_model", expected=exc.expected, found=t_cfg.guide_model) from None
 
-    def _frozen_cache(self, model: Any, loss_name: str) -> Any:
-        """The embedding cache for the frozen-backbone fast path, or None when the normal path applies."""
+    def _frozen_cache(self, model: Any, loss_spec: Any) -> Any:
+        """The embedding cache when the frozen backbone's cached embeddings can stand in for it, else None."""
         cfg, t_cfg = self.config, self.config.training
         if not (cfg.model.freeze_backbone and t_cfg.cache_frozen_embeddings):
             return None
-        from embedft.frozen import EmbeddingCache, supports
+        import torch
 
-        reasons = [
-            why
-            for why, applies in (
-                ("a custom loss object", self._loss is not None),
-                ("a custom evaluator", self._evaluator is not None),
-                ("extra trainer callbacks", bool(self._callbacks)),
-                ("Matryoshka training", bool(t_cfg.matryoshka_dims)),
-                (f"{loss_name} (not supported on cached embeddings)", not supports(loss_name)),
-            )
-            if applies
-        ]
-        if reasons:
-            logger.info("frozen backbone: not using the embedding cache because of %s", ", ".join(reasons))
+        why = loss_spec.not_on_cached_embeddings if self._loss is None else None
+        if isinstance(self._loss, torch.nn.Module):
+            why = "a loss object built on the full model (a factory model -> loss trains on the cache)"
+        if why:
+            logger.info("frozen backbone: not using the embedding cache (%s)", why)
             return None
+        from embedft.frozen import EmbeddingCache
+
         return EmbeddingCache.for_model(model, cfg.data.cache_dir, batch_size=t_cfg.eval_batch_size, show_progress=t_cfg.progress)
-
-    def _fit_cached(self, model: Any, encoder: Any, cache: Any, built: BuiltDataset, train_ds: Any, loss_spec: Any) -> _Run:
-        """Train the head on cached backbone embeddings (see :mod:`embedft.frozen`)."""
-        from embedft.frozen import fit_head
-
-        t_cfg = self.config.training
-        tracker = _DevTracker(t_cfg.early_stopping_patience, self.task.greater_is_better)
-        primary = self.task.primary_metric
-
-        def evaluate() -> dict[str, float]:
-            return self.task.evaluate(encoder, built.dev, None, t_cfg.eval_batch_size, False, built.corpus)["dev"]
-
-        def patience(step: int, metrics: dict[str, float]) -> bool:
-            score = metrics.get(primary)
-            return score is not None and tracker.update(step, float(score))
-
-        res = fit_head(
-            model,
-            train_ds,
-            lambda m: loss_spec.build(m, **t_cfg.loss_kwargs),
-            t_cfg,
-            cache=cache,
-            evaluate=evaluate,
-            hooks=[patience, *self._hooks],
-            in_batch_negatives=loss_spec.uses_in_batch_negatives,
-        )
-        logger.info("frozen backbone: %d texts from the cache, %d encoded (%.1fs)", res.cache_hits, res.cache_computed, res.embed_seconds)
-        return _Run(
-            seconds=res.seconds,
-            steps=res.steps,
-            epochs=res.epochs,
-            loss=_finite_or_none(res.train_loss),
-            loss_name=loss_spec.name,
-            stopped_early=tracker.stopped_early,
-            history=tracker.history,
-            cache={"hits": float(res.cache_hits), "computed": float(res.cache_computed), "embed_seconds": res.embed_seconds},
-        )
 
     def evaluate(self, model: Any = None) -> EvalReport:
         """Evaluate ``model`` (or the base model) on this trainer's dev and test splits."""
@@ -370,12 +331,9 @@ class Trainer:
         except ValueError as exc:
             if "nan" not in str(exc).lower() and "infinity" not in str(exc).lower():
                 raise
-            raise TrainingError(
-                "the model's embeddings are not finite numbers, so no metric can be computed",
-                field="training.learning_rate",
-                expected="finite weights (try a lower learning rate or weight decay, fp32, or check the data)",
-                found=" ".join(str(exc).split())[:120],
-            ) from None
+            expected = "finite weights (try a lower learning rate or weight decay, fp32, or check the data)"
+            raise TrainingError("the model's embeddings are not finite numbers, so no metric can be computed", field="training.learning_rate",
+                                expected=expected, found=" ".join(str(exc).split())[:120]) from None
         return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, notes=_collapse_notes(model, built, self.task, t_cfg.eval_batch_size), **metrics)
 
     def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:
@@ -433,30 +391,12 @@ class _PrefixEncoder:
         return emb
 
 
-@dataclass
-class _Run:
-    """What one training loop reports back to :meth:`Trainer.fit`, whichever loop ran."""
-
-    seconds: float
-    steps: int
-    epochs: float
-    loss: float | None
-    loss_name: str
-    stopped_early: bool
-    history: list[tuple[int, float]]
-    cache: dict[str, float] | None = None
-
-
 def _check_loss_argument(loss: Any) -> Any:
     """``Trainer(loss=...)`` beyond a name: a torch loss module or a factory ``model -> loss``."""
     if loss is None or callable(loss):  # a torch module is callable
         return loss
-    raise ConfigError(
-        "loss must be a registered loss name, a torch loss module or a factory model -> loss",
-        field="loss",
-        expected="a str, a torch.nn.Module or a callable",
-        found=f"{type(loss).__name__} {_capped_repr(loss)}",
-    )
+    raise ConfigError("loss must be a registered loss name, a torch loss module or a factory model -> loss", field="loss",
+                      expected="a str, a torch.nn.Module or a callable", found=f"{type(loss).__name__} {_capped_repr(loss)}")
 
 
 def _check_evaluator_argument(evaluator: Any) -> Any:
@@ -464,12 +404,8 @@ def _check_evaluator_argument(evaluator: Any) -> Any:
     if evaluator is None or (callable(evaluator) and not isinstance(evaluator, type)):
         return evaluator
     what = f"the class {evaluator.__name__}" if isinstance(evaluator, type) else f"{type(evaluator).__name__} {_capped_repr(evaluator)}"
-    raise ConfigError(
-        "evaluator must be a sentence-transformers evaluator object",
-        field="evaluator",
-        expected="a SentenceEvaluator instance or a callable model -> metrics",
-        found=what,
-    )
+    raise ConfigError("evaluator must be a sentence-transformers evaluator object", field="evaluator",
+                      expected="a SentenceEvaluator instance or a callable model -> metrics", found=what)
 
 
 def _capped_repr(value: Any) -> str:
@@ -520,12 +456,8 @@ def _save_run(tmp: Path, out: Path, model: Any, cfg: RunConfig, result: TrainRes
     except OSError as exc:
         if isinstance(exc, EmbedftError):
             raise
-        raise OutputError(
-            f"cannot save the trained model: {exc.strerror or exc}; nothing was written",
-            field="output_dir",
-            expected="a folder on a disk with room for the model" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "a writable folder",
-            found=str(out),
-        ) from None
+        expected = "a folder on a disk with room for the model" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "a writable folder"
+        raise OutputError(f"cannot save the trained model: {exc.strerror or exc}; nothing was written", field="output_dir", expected=expected, found=str(out)) from None
 
 
 def _result_warnings(data: Any, before: EvalReport | None, after: EvalReport, matryoshka: list[MatryoshkaRow], base_model: str) -> list[str]:
@@ -570,7 +502,7 @@ def _schedule_warnings(t_cfg: TrainingConfig, train_rows: int, steps: int) -> li
     The linear warm-up of transformers' schedulers gives step ``s`` the learning rate
     ``lr * s / warmup_steps``: the first step always runs at 0, so a one-step run saves the base model.
     """
-    planned = t_cfg.max_steps or math.ceil(max(1, math.ceil(train_rows / t_cfg.batch_size)) * t_cfg.epochs)
+    planned = _planned_steps(t_cfg, train_rows)
     warmup = math.ceil(planned * t_cfg.warmup_ratio) if t_cfg.warmup_ratio > 0 and t_cfg.scheduler != "constant" else 0
     if steps == 0:
         return ["no training step ran: the saved model is the base model"]
@@ -591,89 +523,106 @@ def _check_matryoshka_dims(dims: list[int] | None, model: Any) -> list[int]:
     if not dims:
         return []
     full = model.get_embedding_dimension()
-    too_big = [d for d in dims if d > full]
-    if too_big:
-        raise ConfigError(
-            "Matryoshka dimension larger than the model's embedding",
-            field="training.matryoshka_dims",
-            expected=f"dimensions <= {full}",
-            found=too_big,
-        )
+    if too_big := [d for d in dims if d > full]:
+        raise ConfigError("Matryoshka dimension larger than the model's embedding", field="training.matryoshka_dims", expected=f"dimensions <= {full}", found=too_big)
     return list(dims)
 
 
-def _seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
-    set_seed(seed)
+def _planned_steps(t_cfg: TrainingConfig, train_rows: int) -> int:
+    return t_cfg.max_steps or math.ceil(_steps_per_epoch(t_cfg, train_rows) * t_cfg.epochs)
 
 
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+def _steps_per_epoch(t_cfg: TrainingConfig, train_rows: int) -> int:
+    return max(1, math.ceil(train_rows / t_cfg.batch_size))
 
 
-class _DevTracker:
-    """Dev-score history and early stopping, shared by both training loops."""
-
-    def __init__(self, patience: int | None, greater_is_better: bool) -> None:
-        self.patience = patience
-        self.greater_is_better = greater_is_better
-        self.history: list[tuple[int, float]] = []
-        self.best: float | None = None
-        self.bad_evals = 0
-        self.stopped_early = False
-
-    def update(self, step: int, score: float) -> bool:
-        """Record ``score`` at ``step``; True when training should stop early."""
-        self.history.append((step, score))
-        if self.best is None or (score > self.best if self.greater_is_better else score < self.best):
-            self.best, self.bad_evals = score, 0
-            return False
-        self.bad_evals += 1
-        if self.patience is not None and self.bad_evals >= self.patience:
-            logger.info("early stopping at step %d: no dev improvement in %d evaluations", step, self.patience)
-            self.stopped_early = True
-            return True
-        return False
+def _fill_cache(trained: Any, train_ds: Any) -> dict[str, float]:
+    """Every training text's cached backbone embedding into the stand-in's table, in one cache look-up."""
+    stand_in = trained[0]
+    before, t0 = stand_in.cache.stats, time.perf_counter()
+    stand_in.add(t for name, feature in train_ds.features.items() if getattr(feature, "dtype", None) == "string" for t in train_ds[name])
+    after, seconds = stand_in.cache.stats, time.perf_counter() - t0
+    logger.info("frozen backbone: %d texts from the cache, %d encoded (%.1fs)", after.hits - before.hits, after.computed - before.computed, seconds)
+    return {"hits": float(after.hits - before.hits), "computed": float(after.computed - before.computed), "embed_seconds": seconds}
 
 
-def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | None, greater_is_better: bool):
+@contextlib.contextmanager
+def _one_thread_steps(enabled: bool) -> Iterator[list[Any]]:
+    """A callback that runs each training step on one torch thread (restored after each step and at the end).
+
+    A step on cached embeddings is a few small matrix products: several CPU threads only wait for each
+    other, most of all on a busy machine (one busy core makes it 2-3x slower). Evaluations keep the threads.
+    """
+    if not enabled:
+        yield []
+        return
+    import torch
     from transformers import TrainerCallback
 
-    primary = getattr(evaluator, "primary_metric", None)
-    prefix = "eval_"
-    name = getattr(evaluator, "name", "")
+    threads = torch.get_num_threads()
+
+    class OneThreadSteps(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.set_num_threads(1)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.set_num_threads(threads)
+
+    try:
+        yield [OneThreadSteps()]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience: int | None, bar: Any):
+    from transformers import TrainerCallback
+
+    name = f"{evaluator.name}_" if getattr(evaluator, "name", "") else ""
 
     class DevMonitor(TrainerCallback):
-        """Collects dev scores, runs the evaluate hooks and early stopping."""
+        """Collects dev scores, runs the evaluate hooks and early stopping, reports steps, loss and dev score to ``bar``."""
 
         def __init__(self) -> None:
-            self.tracker = _DevTracker(patience, greater_is_better)
+            self.history: list[tuple[int, float]] = []
+            self.best: float | None = None
+            self.bad_evals = 0
+            self.stopped_early = False
+            self.shown: dict[str, str] = {}
 
-        @property
-        def history(self) -> list[tuple[int, float]]:
-            return self.tracker.history
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.update(1)
 
-        @property
-        def stopped_early(self) -> bool:
-            return self.tracker.stopped_early
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logger.debug("step %d: %s", state.global_step, logs)
+            if isinstance((logs or {}).get("loss"), (int, float)):
+                self.shown["loss"] = f"{logs['loss']:.4g}"
+                bar.update(0, **self.shown)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            metrics = metrics or {}
-            strip = prefix + (f"{name}_" if name else "")
-            clean = {k[len(strip):] if k.startswith(strip) else k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            key = primary if primary in clean else next((k for k in clean if k.endswith(primary or "")), None)
-            score = clean.get(key) if key else None
-            if score is not None and self.tracker.update(int(state.global_step), score):
-                control.should_training_stop = True
+            clean = {k.removeprefix(f"eval_{name}"): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            own = (getattr(evaluator, "primary_metric", None) or "").removeprefix(name)  # known once the evaluator has run
+            key = next((k for k in (task.primary_metric, own) if k in clean), None)
+            step = int(state.global_step)
+            if key is not None:
+                self.shown[f"dev {key}"] = f"{clean[key]:.4f}"
+                bar.update(0, **self.shown)
+                if self._stop_early(step, clean[key]):
+                    control.should_training_stop = True
             for hook in hooks:
-                if hook(int(state.global_step), clean):
+                if hook(step, clean):
                     control.should_training_stop = True
             return control
+
+        def _stop_early(self, step: int, score: float) -> bool:
+            self.history.append((step, score))
+            if self.best is None or (score > self.best if task.greater_is_better else score < self.best):
+                self.best, self.bad_evals = score, 0
+                return False
+            self.bad_evals += 1
+            if patience is not None and self.bad_evals >= patience:
+                logger.info("early stopping at step %d: no dev improvement in %d evaluations", step, patience)
+                self.stopped_early = True
+            return self.stopped_early
 
     return DevMonitor()
 
@@ -681,44 +630,23 @@ def _make_monitor(evaluator: Any, hooks: list[EvaluateHook], patience: int | Non
 def _make_st_trainer(model, train_ds, loss, evaluator, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, bool], device: str, in_batch_negatives: bool, callbacks: list[Any]):
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
+    from transformers.trainer_callback import PrinterCallback
 
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / t_cfg.batch_size))
-    total = t_cfg.max_steps or math.ceil(steps_per_epoch * t_cfg.epochs)
-    eval_steps = t_cfg.eval_steps or steps_per_epoch
+    total = _planned_steps(t_cfg, len(train_ds))
+    eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, len(train_ds))
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(scratch),
-        num_train_epochs=t_cfg.epochs,
-        max_steps=t_cfg.max_steps or -1,
-        per_device_train_batch_size=t_cfg.batch_size,
-        per_device_eval_batch_size=t_cfg.eval_batch_size,
-        learning_rate=t_cfg.learning_rate,
+        output_dir=str(scratch), num_train_epochs=t_cfg.epochs, max_steps=t_cfg.max_steps or -1, seed=t_cfg.seed, data_seed=t_cfg.seed,
+        per_device_train_batch_size=t_cfg.batch_size, per_device_eval_batch_size=t_cfg.eval_batch_size,
+        learning_rate=t_cfg.learning_rate, lr_scheduler_type=t_cfg.scheduler, weight_decay=t_cfg.weight_decay,
         warmup_steps=t_cfg.warmup_ratio,  # a float is a ratio in transformers>=5
-        lr_scheduler_type=t_cfg.scheduler,
-        weight_decay=t_cfg.weight_decay,
-        eval_strategy="steps",
-        eval_steps=min(eval_steps, total),
-        save_strategy="no",
+        eval_strategy="steps", eval_steps=min(eval_steps, total), save_strategy="no", report_to="none",
         logging_steps=max(1, min(50, total // 5 or 1)),
         logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
-        report_to="none",
-        seed=t_cfg.seed,
-        data_seed=t_cfg.seed,
-        disable_tqdm=not t_cfg.progress,
-        use_cpu=device == "cpu",
-        dataloader_pin_memory=device == "cuda",
+        disable_tqdm=True,  # steps go to the reporter (the monitor); the console is the CLI's
+        use_cpu=device == "cpu", dataloader_pin_memory=device == "cuda",
         batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
         **precision,
     )
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=callbacks,
-    )
-    if not t_cfg.progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # no log dicts on stdout when progress is off
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # no log dicts on stdout: the monitor logs them
     return trainer

@@ -1,4 +1,4 @@
-"""The frozen-backbone fast path: embedding cache, head-only training, cached encoding."""
+"""The frozen-backbone fast path: embedding cache, and the cached model that trains and encodes in place of the model."""
 
 from __future__ import annotations
 
@@ -11,20 +11,14 @@ import time
 import numpy as np
 import pytest
 
+from embedft import Trainer
 from embedft.config import ModelConfig
 from embedft.errors import ConfigError, DataError, TrainingError
-from embedft.frozen import (
-    IN_BATCH_NEGATIVE_LOSSES,
-    SUPPORTED_LOSSES,
-    CachedEncoder,
-    EmbeddingCache,
-    _batches,
-    _head_model,
-    _ShardStore,
-    fit_head,
-    split_backbone,
-    supports,
-)
+from embedft.frozen import EmbeddingCache, _ShardStore, cached_model, split_backbone
+from embedft.tasks import TASKS
+
+from conftest import DEMO_DATA
+
 
 TOPICS = ["python", "rice", "sky", "europe", "retirement", "camera", "eggs", "guitar"]
 
@@ -131,26 +125,30 @@ def _split_columns(ds):
     return [c for c in ds.column_names if c != label], label
 
 
-def test_every_supported_loss_is_tested():
-    assert {name for name, _ in LOSS_CASES} == SUPPORTED_LOSSES
-    assert IN_BATCH_NEGATIVE_LOSSES <= SUPPORTED_LOSSES
+def test_every_registry_loss_that_trains_on_cached_embeddings_is_tested():
+    cacheable = {spec.name for task in TASKS.values() for spec in task.losses.values() if spec.not_on_cached_embeddings is None}
+    assert cacheable <= {name for name, _ in LOSS_CASES}
 
 
 @pytest.mark.filterwarnings("ignore:The MultipleNegativesSymmetricRankingLoss is deprecated:DeprecationWarning")
-@pytest.mark.parametrize(("loss_name", "kind"), LOSS_CASES, ids=[f"{n}-{k}" for n, k in LOSS_CASES])
+@pytest.mark.parametrize(("loss_name", "kind"), [*LOSS_CASES, ("MatryoshkaLoss", "positives")], ids=[f"{n}-{k}" for n, k in [*LOSS_CASES, ("MatryoshkaLoss", "positives")]])
 def test_loss_on_cached_embeddings_equals_loss_on_full_model(model, cache, loss_name, kind):
-    """The unchanged loss class gives the same value on (cached embeddings -> head) as on the whole model."""
+    """The unchanged loss class gives the same value on the cached model as on the whole model."""
     import torch
 
     ds = _dataset(kind)
     text_cols, label_col = _split_columns(ds)
     labels = torch.tensor(ds[label_col]) if label_col else None
-    cls = _loss_class(loss_name)
+    if loss_name == "MatryoshkaLoss":
+        def build(m):
+            return _loss_class(loss_name)(m, _loss_class("MultipleNegativesRankingLoss")(m), [16, 8])
+    else:
+        build = _loss_class(loss_name)
+    fast = cached_model(model, cache)
     model.eval()
     with torch.no_grad():
-        full = cls(model)([model.preprocess(ds[c]) for c in text_cols], labels)
-        head = _head_model(split_backbone(model)[1])
-        cached = cls(head)([{"sentence_embedding": torch.from_numpy(cache.get(ds[c]))} for c in text_cols], labels)
+        full = build(model)([model.preprocess(ds[c]) for c in text_cols], labels)
+        cached = build(fast)([fast.preprocess(ds[c]) for c in text_cols], labels)
     assert float(full) == pytest.approx(float(cached), rel=1e-4, abs=1e-5)
 
 
@@ -270,7 +268,7 @@ def test_two_cache_objects_share_one_directory(model, tmp_path, monkeypatch):
     np.testing.assert_array_equal(x, y[[1, 0]])
 
     # Leftovers of a killed writer: a temporary file and vectors without keys.
-    (a.directory / ".tmp-0123-x.keys.npy").write_bytes(b"\x93NUMPY garbage")
+    (a.directory / ".0123-x.keys.npy.tmp-0123abcd").write_bytes(b"\x93NUMPY garbage")
     np.save(a.directory / "orphan.vectors.npy", np.zeros((3, 32), dtype=np.float32))
     (a.directory / "broken.keys.npy").write_bytes(b"not a numpy file")
     fresh = EmbeddingCache.for_model(model, root)
@@ -313,10 +311,26 @@ def test_concurrent_writer_processes_leave_a_readable_cache(tmp_path):
     for p in procs:
         assert p.wait() == 0, p.stderr.read().decode()
     assert check(_ShardStore(directory, 8)) > 100
-    assert not list(directory.glob(".tmp-*"))
+    assert not list(directory.glob(".*tmp-*"))
 
 
-# --------------------------------------------------------------------- training
+# --------------------------------------------------------------------- training through sentence-transformers' trainer
+def _train(model, ds, loss, tmp_path, *, no_duplicates=False, **settings):
+    """sentence-transformers' trainer on ``model`` (the cached model or a full one), as embedft.Trainer runs it."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from transformers.trainer_callback import PrinterCallback
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "st"), report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=1,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if no_duplicates else BatchSamplers.BATCH_SAMPLER, **settings,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss(model) if isinstance(loss, type) else loss)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
 FIT_CASES = [
     ("OnlineContrastiveLoss", "pairs"),
     ("CoSENTLoss", "scores"),
@@ -327,93 +341,107 @@ FIT_CASES = [
 
 
 @pytest.mark.parametrize(("loss_name", "kind"), FIT_CASES, ids=[f"{n}-{k}" for n, k in FIT_CASES])
-def test_fit_head_trains_only_the_head_and_lowers_the_loss(model, cache, loss_name, kind):
+def test_the_cached_model_trains_only_the_head_and_lowers_the_loss(model, cache, encode_calls, tmp_path, loss_name, kind):
     backbone, head = split_backbone(model)
     frozen, start = _state(backbone), _state(head)
     ds = _dataset(kind, n=32)
-    result = fit_head(model, ds, _loss_class(loss_name), {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "seed": 1}, cache=cache)
+    fast = cached_model(model, cache)
+    assert fast[1] is head[0]  # the model's own head module
+    distinct = len({t for c in _split_columns(ds)[0] for t in ds[c]})
+    fast[0].add(t for c in _split_columns(ds)[0] for t in ds[c])
+    assert cache.stats.computed == distinct and cache.stats.hits == 0 and sum(encode_calls) == distinct
+    losses = _train(fast, ds, _loss_class(loss_name), tmp_path, num_train_epochs=8, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0, seed=1)
 
-    assert result.loss == loss_name and result.steps == 8 * 4 and result.epochs == 8
-    assert all(np.isfinite(result.losses)) and len(result.losses) == result.steps
-    assert result.final_loss < np.mean(result.losses[:4]), result.losses
+    assert len(losses) == 8 * 4 and all(np.isfinite(losses))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
     assert any(not np.array_equal(v, _state(head)[k]) for k, v in start.items()), "head did not change"
     assert all(np.array_equal(v, _state(backbone)[k]) for k, v in frozen.items()), "backbone changed"
-    distinct = len({t for c in _split_columns(ds)[0] for t in ds[c]})
-    assert result.cache_computed == distinct and result.cache_hits == 0
+    assert sum(encode_calls) == distinct, "training ran the backbone"
 
-    again = fit_head(model, ds, _loss_class(loss_name), {"max_steps": 2, "batch_size": 8}, cache=cache)
-    assert again.cache_computed == 0 and again.cache_hits == distinct and again.steps == 2
+    again = cached_model(model, EmbeddingCache.for_model(model, cache.root))  # a fresh cache object reads the disk
+    again[0].add(t for c in _split_columns(ds)[0] for t in ds[c])
+    assert again[0].cache.stats.computed == 0 and again[0].cache.stats.hits == distinct
 
 
-def test_fit_head_trains_the_head_sentence_transformers_trainer_would(tiny_model_path, tmp_path):
-    """Same batches, optimiser, schedule and clipping: with dropout off, the same head weights."""
+@pytest.mark.parametrize(("loss_name", "kind", "no_duplicates"), [("OnlineContrastiveLoss", "pairs", False), ("MultipleNegativesRankingLoss", "positives", True)])
+def test_the_cached_model_trains_the_head_the_full_model_would(tiny_model_path, tmp_path, loss_name, kind, no_duplicates):
+    """The same trainer, batches, optimiser, schedule and clipping: with dropout off, the same head weights."""
     import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from transformers.trainer_callback import PrinterCallback
 
-    ds = _dataset("pairs", n=40)
+    ds = _dataset(kind, n=40)
     cached, plain = _model(tiny_model_path), _model(tiny_model_path)
     for module in split_backbone(plain)[0]:
         for sub in module.modules():
             if isinstance(sub, torch.nn.Dropout):
                 sub.p = 0.0
-    fit_head(cached, ds, _loss_class("OnlineContrastiveLoss"), {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "seed": 5}, cache=EmbeddingCache.for_model(cached, tmp_path))
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "st"), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0.1,
-        weight_decay=0.01, seed=5, data_seed=5, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
-    )
-    trainer = SentenceTransformerTrainer(model=plain, args=args, train_dataset=ds, loss=_loss_class("OnlineContrastiveLoss")(plain))
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    settings = dict(num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0.1, weight_decay=0.01, seed=5, data_seed=5)
+    _train(cached_model(cached, EmbeddingCache.for_model(cached, tmp_path / "cache")), ds, _loss_class(loss_name), tmp_path, no_duplicates=no_duplicates, **settings)
+    _train(plain, ds, _loss_class(loss_name), tmp_path, no_duplicates=no_duplicates, **settings)
     got, expected, start = _state(split_backbone(cached)[1]), _state(split_backbone(plain)[1]), _state(split_backbone(_model(tiny_model_path))[1])
     assert max(float((got[k] - start[k]).abs().max()) for k in got) > 1e-3  # both moved...
     assert max(float((got[k] - expected[k]).abs().max()) for k in got) < 1e-6  # ...to the same place
 
 
-def test_fit_head_is_deterministic(tiny_model_path, tmp_path):
+def test_training_the_cached_model_is_deterministic(tiny_model_path, tmp_path):
     ds = _dataset("pairs")
     weights = []
     for _ in range(2):
         model = _model(tiny_model_path)
-        fit_head(model, ds, _loss_class("ContrastiveLoss"), {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "seed": 3}, cache=EmbeddingCache.for_model(model, tmp_path))
+        _train(cached_model(model, EmbeddingCache.for_model(model, tmp_path / "cache")), ds, _loss_class("ContrastiveLoss"), tmp_path,
+               num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2, seed=3)
         weights.append(_state(split_backbone(model)[1]))
     assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_in_batch_negative_batches_never_repeat_a_text():
-    rows = np.array([[0, 1], [0, 2], [3, 1], [4, 5], [6, 7], [4, 8], [9, 10]])
-    gen = _batches(len(rows), 3, seed=0, rows=rows)
-    seen_rows = []
-    while len(seen_rows) < len(rows):
-        batch = next(gen)
-        values = rows[batch].ravel()
-        assert len(set(values.tolist())) == len(values)
-        seen_rows += batch.tolist()
-    assert sorted(seen_rows) == list(range(len(rows)))  # one epoch covers every row once
+def test_in_batch_negative_batches_never_repeat_a_text(model, cache, tmp_path):
+    """The trainer's NO_DUPLICATES sampler sees texts, and equal texts are equal rows of the cached model."""
+    import torch
+    from datasets import Dataset
+
+    rows = [("a", "b"), ("a", "c"), ("d", "b"), ("e", "f"), ("g", "h"), ("e", "i"), ("j", "k")]
+    ds = Dataset.from_dict({"anchor": [f"text {a}" for a, _ in rows], "positive": [f"text {p}" for _, p in rows]})
+    fast = cached_model(model, cache)
+    batches = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model, self.inner = m, _loss_class("MultipleNegativesRankingLoss")(m)
+
+        def forward(self, features, labels):
+            batches.append(torch.cat([f["input_ids"] for f in features]).tolist())
+            return self.inner(features, labels)
+
+    _train(fast, ds, Recording(fast), tmp_path, no_duplicates=True, num_train_epochs=1, per_device_train_batch_size=3)
+    assert all(len(set(batch)) == len(batch) for batch in batches), batches
+    assert sum(len(b) for b in batches) == 2 * len(rows)  # one epoch covers every row once
+    assert sorted({r for b in batches for r in b}) == list(range(11))  # 11 distinct texts, one row each
 
 
-def test_saved_model_reloads_and_matches_the_cached_encoder(model, cache, tmp_path):
+def test_saved_model_reloads_and_matches_the_cached_model(model, cache, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    fit_head(model, _dataset("pairs"), _loss_class("OnlineContrastiveLoss"), {"epochs": 3, "batch_size": 8, "learning_rate": 1e-2}, cache=cache)
+    fast = cached_model(model, cache)
+    _train(fast, _dataset("pairs"), _loss_class("OnlineContrastiveLoss"), tmp_path, num_train_epochs=3, per_device_train_batch_size=8, learning_rate=1e-2)
     model.save(str(tmp_path / "saved"))
     reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
-    encoder = CachedEncoder(model, cache)
     texts = [*_dataset("pairs")["sentence1"][:6], "a text the cache has not seen"]
     for kwargs in ({}, {"normalize_embeddings": True}):
         expected = reloaded.encode(texts, **kwargs)
-        got = encoder.encode(texts, **kwargs)
+        got = fast.encode(texts, **kwargs)
         assert got.shape == expected.shape == (7, 16)
         assert np.max(np.abs(got - expected)) < 1e-5
-    single = encoder.encode(texts[0], convert_to_tensor=True)
+    single = fast.encode(texts[0], convert_to_tensor=True)
     assert tuple(single.shape) == (16,)
-    assert isinstance(encoder.encode(texts[:2], convert_to_numpy=False), list)
-    encoder.truncate_dim = 8
-    assert encoder.encode(texts).shape == (7, 8) and encoder.get_embedding_dimension() == 8
-    np.testing.assert_allclose(encoder.encode(texts, normalize_embeddings=True), reloaded.encode(texts, truncate_dim=8, normalize_embeddings=True), atol=1e-5)
+    assert isinstance(fast.encode(texts[:2], convert_to_numpy=False), list)
+    fast.truncate_dim = 8
+    assert fast.encode(texts).shape == (7, 8) and fast.get_embedding_dimension() == 8
+    np.testing.assert_allclose(fast.encode(texts, normalize_embeddings=True), reloaded.encode(texts, truncate_dim=8, normalize_embeddings=True), atol=1e-5)
+    with pytest.raises(Exception, match="cannot be saved"):
+        fast.save(str(tmp_path / "not-this"))
 
 
-def test_cached_encoder_gives_embedft_and_st_evaluators_the_same_scores(model, cache):
+def test_the_cached_model_gives_embedft_and_st_evaluators_the_same_scores(model, cache):
     import pandas as pd
     from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
 
@@ -421,29 +449,46 @@ def test_cached_encoder_gives_embedft_and_st_evaluators_the_same_scores(model, c
 
     ds = _dataset("pairs")
     frame = pd.DataFrame({"text1": ds["sentence1"], "text2": ds["sentence2"], "label": [int(v) for v in ds["label"]]})
-    encoder = CachedEncoder(model, cache)
+    fast = cached_model(model, cache)
     direct = evaluate_pair_classification(model, frame[:12], frame[12:])
-    cached = evaluate_pair_classification(encoder, frame[:12], frame[12:])
+    cached = evaluate_pair_classification(fast, frame[:12], frame[12:])
     for split in ("dev", "test"):
         assert cached[split]["cosine_ap"] == pytest.approx(direct[split]["cosine_ap"], abs=1e-9)
     evaluator = BinaryClassificationEvaluator(ds["sentence1"], ds["sentence2"], [int(v) for v in ds["label"]], name="dev", write_csv=False)
-    assert evaluator(encoder)["dev_cosine_ap"] == pytest.approx(evaluator(model)["dev_cosine_ap"], abs=1e-9)
+    assert evaluator(fast)["dev_cosine_ap"] == pytest.approx(evaluator(model)["dev_cosine_ap"], abs=1e-9)
 
 
-def test_evaluation_schedule_and_hooks(model, cache):
+def test_prompts_are_part_of_the_key(model, cache):
+    fast = cached_model(model, cache)
+    plain, prompted = fast.encode(["hello"]), fast.encode(["hello"], prompt="query: ")
+    np.testing.assert_allclose(prompted, model.encode(["hello"], prompt="query: "), atol=1e-6)
+    assert not np.allclose(plain, prompted) and len(fast[0].rows) == 2
+    with pytest.raises(DataError):
+        fast[0].preprocess(["ok", 3])
+
+
+# --------------------------------------------------------------------- through embedft.Trainer
+FROZEN = dict(data=str(DEMO_DATA), cache=False, max_train_pairs=64, batch_size=16, learning_rate=1e-3, progress=False, dense={"out_features": 16}, freeze_backbone=True)
+
+
+@pytest.fixture
+def frozen_kwargs(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
+    return dict(base_model=tiny_model_path, output_dir=str(tmp_path / "run"), **FROZEN)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_dev_is_scored_by_the_same_evaluator_and_hooks_on_both_paths(frozen_kwargs, cached):
     calls = []
-    result = fit_head(
-        model, _dataset("pairs", n=40), _loss_class("CoSENTLoss"), {"max_steps": 5, "batch_size": 8, "eval_steps": 2},
-        cache=cache, evaluate=lambda: {"score": float(len(calls)), "note": "ignored"}, hooks=[lambda step, metrics: calls.append((step, metrics))],
-    )
-    assert [s for s, _ in result.eval_history] == [2, 4, 5] and not result.stopped_early
-    assert calls == result.eval_history and calls[0] == (2, {"score": 0.0})
+    result = Trainer(**frozen_kwargs, cache_frozen_embeddings=cached, max_steps=5, eval_steps=2, on_evaluate=[lambda step, m: calls.append((step, m))]).fit(baseline=False)
+    assert (result.frozen_cache is not None) == cached
+    assert [s for s, _ in calls] == [2, 4, 5] and [s for s, _ in result.dev_history] == [2, 4, 5]
+    assert {"cosine_ap", "cosine_f1", "cosine_accuracy"} <= set(calls[0][1])  # sentence-transformers' BinaryClassificationEvaluator, on both paths
 
 
-def test_a_hook_returning_true_stops_and_a_raising_hook_aborts(model, cache):
-    cfg = {"epochs": 10, "batch_size": 8, "eval_steps": 3}
-    result = fit_head(model, _dataset("pairs"), _loss_class("CoSENTLoss"), cfg, cache=cache, evaluate=lambda: {"ap": 0.5}, hooks=[lambda step, m: step >= 6])
-    assert result.steps == 6 and result.stopped_early and len(result.eval_history) == 2
+def test_a_hook_returning_true_stops_and_a_raising_hook_aborts_on_the_cached_path(frozen_kwargs, tmp_path):
+    result = Trainer(**frozen_kwargs, epochs=10, eval_steps=3, on_evaluate=[lambda step, m: step >= 6]).fit(baseline=False)
+    assert result.frozen_cache is not None and result.train_steps == 6 and len(result.dev_history) == 2
 
     class Pruned(Exception):
         pass
@@ -452,36 +497,59 @@ def test_a_hook_returning_true_stops_and_a_raising_hook_aborts(model, cache):
         raise Pruned(step)
 
     with pytest.raises(Pruned):
-        fit_head(model, _dataset("pairs"), _loss_class("CoSENTLoss"), cfg, cache=cache, evaluate=lambda: {"ap": 0.5}, hooks=[prune])
-    with pytest.raises(ConfigError, match="need an evaluate"):
-        fit_head(model, _dataset("pairs"), _loss_class("CoSENTLoss"), cfg, cache=cache, hooks=[prune])
+        Trainer(**{**frozen_kwargs, "output_dir": str(tmp_path / "pruned")}, epochs=10, eval_steps=3, on_evaluate=[prune]).fit(baseline=False)
+    assert not (tmp_path / "pruned").exists()
 
 
-def test_nan_loss_raises_before_the_step(model, cache):
-    from datasets import Dataset
-
-    head = split_backbone(model)[1]
-    start = _state(head)
-    ds = Dataset.from_dict({"sentence1": ["a b", "c d"], "sentence2": ["e f", "g h"], "score": [float("nan"), 0.5]})
+def test_nan_loss_raises_before_the_step_on_the_cached_path(frozen_kwargs):
     with pytest.raises(TrainingError, match="at step 1.*lower learning rate") as err:
-        fit_head(model, ds, _loss_class("CosineSimilarityLoss"), {"epochs": 1, "batch_size": 2}, cache=cache)
+        Trainer(**frozen_kwargs, loss="CoSENTLoss", loss_kwargs={"scale": 1e308}).fit(baseline=False)
     assert err.value.field == "training.learning_rate"
-    assert all(np.array_equal(v, _state(head)[k]) for k, v in start.items())
 
 
-def test_unsupported_losses_are_refused(model, cache):
-    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+def test_matryoshka_custom_evaluators_and_callbacks_use_the_cache(frozen_kwargs, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
+    from transformers import TrainerCallback
 
-    assert supports("OnlineContrastiveLoss") and supports(MultipleNegativesRankingLoss)
-    for name in ("CachedMultipleNegativesRankingLoss", "GISTEmbedLoss", "MatryoshkaLoss", "SoftmaxLoss"):
-        assert not supports(name)
-    with pytest.raises(ConfigError) as info:
-        fit_head(model, _dataset("positives"), lambda m: MatryoshkaLoss(m, MultipleNegativesRankingLoss(m), [8, 4]), {"epochs": 1}, cache=cache)
-    assert info.value.field == "training.loss" and info.value.found == "MatryoshkaLoss" and "patches" in str(info.value)
-    with pytest.raises(ConfigError) as info:  # built on the full model, not on the head stand-in
-        fit_head(model, _dataset("positives"), lambda m: MultipleNegativesRankingLoss(model), {"epochs": 1}, cache=cache)
-    assert info.value.field == "loss_factory"
-    assert cache.stats.computed == 0  # refused before any encoding
+    steps = []
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    built = Trainer(**frozen_kwargs).build_data()
+    evaluator = BinaryClassificationEvaluator(built.dev["text1"].tolist(), built.dev["text2"].tolist(), built.dev["label"].tolist(), name="mine")
+    result = Trainer(**frozen_kwargs, max_steps=3, eval_steps=1, matryoshka_dims=[16, 8], evaluator=evaluator, callbacks=[Steps()]).fit()
+    assert result.frozen_cache is not None and steps == [1, 2, 3] and len(result.dev_history) == 3
+    assert [r.dimension for r in result.matryoshka] == [16, 8] and result.matryoshka[0].test == pytest.approx(result.after.test_score, abs=1e-4)
+
+
+def test_a_loss_factory_trains_on_the_cache_and_a_loss_object_on_the_full_model(frozen_kwargs, tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    factory = Trainer(**frozen_kwargs, loss=lambda m: CoSENTLoss(m), max_steps=2).fit(baseline=False)
+    assert factory.frozen_cache is not None and factory.loss == "CoSENTLoss" and factory.train_steps == 2
+    loss_object = CoSENTLoss(SentenceTransformer(tiny_model_path, device="cpu"))
+    full = Trainer(**{**frozen_kwargs, "output_dir": str(tmp_path / "full")}, loss=loss_object, max_steps=2).fit(baseline=False)
+    assert full.frozen_cache is None and full.loss == "CoSENTLoss"
+
+
+@pytest.mark.parametrize(("task", "loss"), [("retrieval", "CachedMultipleNegativesRankingLoss"), ("retrieval", "GISTEmbedLoss")])
+def test_losses_that_need_the_backbone_train_the_full_model(frozen_kwargs, tiny_model_path, caplog, task, loss):
+    import logging
+
+    from conftest import make_task_rows
+
+    spec = TASKS[task].loss(loss)
+    assert spec.not_on_cached_embeddings
+    kwargs = {**frozen_kwargs, "data": make_task_rows(task), "task": task, "loss": loss, "max_steps": 2, "batch_size": 8}
+    if spec.needs_guide:
+        kwargs["guide_model"] = tiny_model_path
+    with caplog.at_level(logging.INFO, logger="embedft"):
+        result = Trainer(**kwargs).fit(baseline=False)
+    assert result.frozen_cache is None and result.loss == loss and result.train_steps == 2
+    assert spec.not_on_cached_embeddings in caplog.text
 
 
 def test_a_cache_of_another_backbone_is_refused(model, tiny_model_path, tmp_path):
@@ -491,25 +559,8 @@ def test_a_cache_of_another_backbone_is_refused(model, tiny_model_path, tmp_path
     with torch.no_grad():
         split_backbone(other)[0][0].auto_model.embeddings.word_embeddings.weight[5] += 1.0
     with pytest.raises(ConfigError, match="another backbone"):
-        CachedEncoder(model, EmbeddingCache.for_model(other, tmp_path))
-    CachedEncoder(model, EmbeddingCache.for_model(_model(tiny_model_path), tmp_path))  # same weights: accepted
-
-
-def test_bad_training_data_is_reported(model, cache):
-    from datasets import Dataset
-
-    with pytest.raises(DataError, match="no text columns"):
-        fit_head(model, Dataset.from_dict({"label": [1.0]}), _loss_class("CoSENTLoss"), {"epochs": 1}, cache=cache)
-    with pytest.raises(DataError) as info:
-        fit_head(model, Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", None], "label": [1.0, 0.0]}), _loss_class("CoSENTLoss"), {"epochs": 1}, cache=cache)
-    assert info.value.field == "sentence2[1]"
-    with pytest.raises(DataError) as info:
-        fit_head(model, Dataset.from_dict({"sentence1": ["a"], "sentence2": ["c"], "label": ["yes"]}), _loss_class("CoSENTLoss"), {"epochs": 1}, cache=cache)
-    assert info.value.field == "label"
-    from datasets import DatasetDict
-
-    with pytest.raises(DataError, match="one datasets.Dataset"):
-        fit_head(model, DatasetDict({"a": _dataset("pairs")}), _loss_class("CoSENTLoss"), {"epochs": 1}, cache=cache)
+        cached_model(model, EmbeddingCache.for_model(other, tmp_path))
+    cached_model(model, EmbeddingCache.for_model(_model(tiny_model_path), tmp_path))  # same weights: accepted
 
 
 def test_import_stays_light():

@@ -210,3 +210,37 @@ def test_frozen_backbone_trains_on_cached_embeddings(tiny_model_path, tmp_path, 
     # The uncached path runs the same configuration through sentence-transformers' trainer.
     plain = Trainer(output_dir=str(tmp_path / "d"), cache_frozen_embeddings=False, **kwargs).fit()
     assert plain.frozen_cache is None and plain.train_steps == first.train_steps
+
+
+def test_the_cli_owns_the_console_and_the_library_only_logs(tiny_model_path, tmp_path, capsys):
+    """`embedft train` shows one bar per phase and the summary, not transformers' log dicts or the libraries' bars;
+    -v shows them; Trainer.fit configures no logging handler of its own."""
+    import logging
+
+    from embedft.cli import main
+
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({
+        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
+        "model": {"base_model": tiny_model_path},
+        "training": {"max_steps": 6, "batch_size": 16, "eval_steps": 3, "learning_rate": 1e-3},
+        "output_dir": str(tmp_path / "run"),
+    }))
+    assert main(["train", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    for hidden in ("{'loss'", "'grad_norm'", "Computing widget examples", "Loading weights", "Batches"):
+        assert hidden not in shown, hidden
+    for phase in ("data", "baseline evaluation", "training", "final evaluation"):
+        assert f"{phase}: 100%" in captured.err, phase
+    assert "loss=" in captured.err and "dev cosine_ap=" in captured.err  # the training bar's postfix
+    assert "test metric" in captured.out and "cosine_ap" in captured.out  # the summary table
+
+    assert main(["-v", "train", str(cfg), "--overwrite"]) == 0
+    assert "Computing widget examples" in capsys.readouterr().err  # -v: the libraries' own bars too
+
+    handlers = list(logging.getLogger().handlers)
+    Trainer(data=str(DEMO_DATA), base_model=tiny_model_path, output_dir=str(tmp_path / "api"), cache=False, max_train_pairs=32, max_steps=2, batch_size=16).fit()
+    assert logging.getLogger().handlers == handlers
+    captured = capsys.readouterr()
+    assert "{'loss'" not in captured.out + captured.err  # the library never prints the log dicts either
