@@ -20,7 +20,7 @@ from embedft.errors import (
     TrainingError,
 )
 from embedft.results import EvalReport, TrainResult
-from embedft.search import CategoricalParam, FloatParam, IntParam, OptunaSearch, PrunerConfig, SamplerConfig, SearchConfig, SearchResult
+from embedft.search import CategoricalParam, FloatParam, IntParam, OptunaSearch, PrunerConfig, SamplerConfig, SearchConfig, SearchProgress, SearchResult
 from embedft.tasks import TASKS, LossSpec, TaskSpec, get_task, register_task
 from embedft.training import Trainer
 from embedft.trial import TrialConfig, TrialResult, run_trial
@@ -37,6 +37,7 @@ __all__ = [
     "PrunerConfig",
     "SamplerConfig",
     "SearchConfig",
+    "SearchProgress",
     "SearchResult",
     "TrialConfig",
     "TrialResult",

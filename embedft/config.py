@@ -269,7 +269,7 @@ class TrainingConfig(_Section):
 
 
 class ModalConfig(_Section):
-    """Where and how trials run on Modal (used when ``backend: modal``); needs ``embedft[modal]``.
+    """Where and how trials run on Modal (used with ``executor: modal``); needs ``embedft[modal]``.
 
     ``gpu`` is one Modal GPU type or a fallback list tried in order (``["L4", "A10G"]``).
     ``timeout`` bounds one trial in seconds (a trial past it is recorded as failed);
@@ -310,8 +310,8 @@ class ConfigBase(StrictModel):
     """Base of the file-level configs (:class:`RunConfig`, ``SearchConfig``): files, dicts and overrides.
 
     >>> cfg = RunConfig.from_dict({"training": {"epochs": 2}})
-    >>> cfg.with_overrides({"training.epochs": 3}).training.epochs
-    3
+    >>> cfg.with_overrides({"training.batch_size": 64}).training.batch_size
+    64
     """
 
     @classmethod

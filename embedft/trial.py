@@ -7,6 +7,7 @@ intermediate dev score to the driver and returns True when the driver says prune
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -79,41 +80,20 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
             raise _Pruned(step)
         return False
 
+    def ended(state: str, **fields) -> TrialResult:
+        return TrialResult(number=config.number, state=state, intermediate=intermediate, seconds=time.perf_counter() - t0, **fields)
+
     try:
         trainer = Trainer(config.run.model_copy(update={"overwrite": True}), data=BuiltDataset.load(config.data_dir), on_evaluate=[hook])
         primary = trainer.task.primary_metric
         result = trainer.fit(baseline=config.baseline, evaluate_test=config.evaluate_test)
-        return TrialResult(
-            number=config.number,
-            state="complete",
-            value=result.after.dev_score,
-            dev=result.after.dev,
-            intermediate=intermediate,
-            seconds=time.perf_counter() - t0,
-            train_seconds=result.train_seconds,
-            train_steps=result.train_steps,
-            model_path=str(result.model_path),
-            train_result=result.model_dump(mode="json") if config.baseline or config.evaluate_test else None,
-        )
+        full = result.model_dump(mode="json") if config.baseline or config.evaluate_test else None
+        return ended("complete", value=result.after.dev_score, dev=result.after.dev, train_seconds=result.train_seconds, train_steps=result.train_steps, model_path=str(result.model_path), train_result=full)
     except _Pruned as pruned:
-        return TrialResult(
-            number=config.number,
-            state="pruned",
-            value=intermediate[-1][1] if intermediate else None,
-            intermediate=intermediate,
-            seconds=time.perf_counter() - t0,
-            train_steps=int(pruned.args[0]),
-        )
+        return ended("pruned", value=intermediate[-1][1] if intermediate else None, train_steps=int(pruned.args[0]))
     except Exception as exc:  # a failed trial is a result, never a crash of the search
         logger.warning("trial %d failed: %s: %s", config.number, type(exc).__name__, exc)
-        tb = traceback.format_exc(limit=-3)
-        return TrialResult(
-            number=config.number,
-            state="fail",
-            intermediate=intermediate,
-            error=f"{type(exc).__name__}: {exc}\n{tb}",
-            seconds=time.perf_counter() - t0,
-        )
+        return ended("fail", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}")
     finally:
         _release_memory()
 
@@ -121,10 +101,8 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
 def _release_memory() -> None:
     """Free what a finished trial held: Python garbage and the CUDA cache."""
     gc.collect()
-    try:
+    with contextlib.suppress(ImportError):
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass

@@ -35,13 +35,13 @@ def main() -> None:
     cfg = SearchConfig.from_dict(data)
 
     if args.dry_run:
-        from embedft.modal_backend import ModalBackend
+        from embedft.executors import make_executor
 
-        backend = ModalBackend(cfg.modal)
-        opts = backend.function_options
-        print(f"app {backend.app.name}: function embedft_trial on GPU {opts['gpu']}, timeout {opts['timeout']}s, "
+        executor = make_executor(cfg)  # the Modal executor: App, Image, Volume and GPU function, built offline
+        opts = executor.function_options
+        print(f"app {executor.app.name}: function embedft_trial on GPU {opts['gpu']}, timeout {opts['timeout']}s, "
               f"max_containers {opts['max_containers']}, retries {cfg.modal.retries}, volume {cfg.modal.volume} at {cfg.modal.mount}")
-        print("image: debian_slim + " + " ".join(backend.requirements))
+        print("image: debian_slim + " + " ".join(executor.requirements))
         print(f"{cfg.n_trials} trials over {sorted(cfg.space)}")
         return
 

@@ -1,8 +1,11 @@
-"""In-process stand-ins for the Modal primitives the backend touches over the network.
+"""In-process stand-ins for the Modal primitives the Modal executor touches over the network.
 
 Only the network boundary is replaced: the App, Image, Volume declaration and the GPU
 function are the real Modal objects, and every trial runs the real function body through
-``Function.local()``.
+``Function.local()``. What raises follows modal 1.6.4: ``Volume.listdir`` of a missing path
+raises ``modal.exception.NotFoundError``, ``remove_file``/``read_file`` turn it into
+``FileNotFoundError``, a running call's ``get(timeout=0)`` raises the builtin ``TimeoutError``
+and a timed-out function ``modal.exception.FunctionTimeoutError`` (not a builtin one).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from embedft.modal_backend import ModalBackend
+import modal
+
+from embedft.executors.modal import ModalExecutor
 
 
 class LocalQueue:
@@ -81,7 +86,7 @@ class LocalVolume:
     def listdir(self, path: str, *, recursive: bool = False) -> list[Entry]:
         base = self._path(path)
         if not base.exists():
-            raise FileNotFoundError(path)  # modal raises NotFoundError
+            raise modal.exception.NotFoundError(f"No such file or directory: {path}")
         items = base.rglob("*") if recursive else base.iterdir()
         return [Entry(str(p.relative_to(self.root)), EntryType.FILE if p.is_file() else EntryType.DIRECTORY) for p in sorted(items)]
 
@@ -155,15 +160,15 @@ class LocalCall:
         self.cancelled = True
 
 
-class OfflineBackend(ModalBackend):
-    """The real ModalBackend with its network boundary (app.run, ephemeral Queue/Dict, spawn) replaced.
+class OfflineModal(ModalExecutor):
+    """The real ModalExecutor with its network boundary (app.run, ephemeral Queue/Dict, spawn) replaced.
 
     ``preempt`` holds trial numbers whose first attempt is lost after its first report;
     ``fail_calls`` holds trial numbers whose call raises like a timed-out function.
     """
 
-    def __init__(self, config, volume: LocalVolume, preempt=(), fail_calls=()) -> None:
-        super().__init__(config, volume=volume)
+    def __init__(self, config, volume: LocalVolume, preempt=(), fail_calls=(), **kwargs) -> None:
+        super().__init__(config, volume=volume, **kwargs)
         self.preempt = set(preempt)
         self.fail_calls = set(fail_calls)
         self.calls: dict[int, LocalCall] = {}
@@ -183,7 +188,7 @@ class OfflineBackend(ModalBackend):
 
             def attempt(n: int):
                 if number in self.fail_calls:
-                    raise TimeoutError_("Function timeout after 900 seconds")
+                    raise modal.exception.FunctionTimeoutError("Function timeout after 900 seconds")
                 if number in self.preempt and n == 1:
                     reports.put((number, 1, 0.0, "lost"))  # a report from the lost attempt
                     raise Preempted("container preempted")
@@ -199,6 +204,3 @@ class OfflineBackend(ModalBackend):
 
         return spawn, self.reports, self.decisions
 
-
-class TimeoutError_(Exception):
-    """Stands in for modal.exception.FunctionTimeoutError (not a builtin TimeoutError)."""

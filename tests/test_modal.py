@@ -1,4 +1,4 @@
-"""The Modal backend without Modal access: real App/Image/Volume/function objects built offline,
+"""The Modal executor without Modal access: real App/Image/Volume/function objects built offline,
 the dispatch loop run against in-process stand-ins for the network primitives."""
 
 import json
@@ -14,18 +14,19 @@ from embedft import ModalConfig, OptunaSearch, SearchConfig
 
 from test_search import search_config, trials
 
-pytest.importorskip("modal", reason="the Modal backend needs embedft[modal]")
+pytest.importorskip("modal", reason="the Modal executor needs embedft[modal]")
 
-from embedft.modal_backend import ModalBackend  # noqa: E402
-from modal_standins import LocalVolume, OfflineBackend  # noqa: E402
+from embedft.executors import RemoteTrialError, run_once  # noqa: E402
+from embedft.executors.modal import ModalExecutor  # noqa: E402
+from modal_standins import LocalVolume, OfflineModal  # noqa: E402
 
 
-def test_import_works_without_modal_and_the_backend_names_the_install(tmp_path):
+def test_import_works_without_modal_and_the_executor_names_the_install(tmp_path):
     code = (
         "import sys; sys.modules['modal'] = None\n"
         "import embedft\n"
         "from embedft import OptunaSearch, SearchConfig, MissingDependencyError\n"
-        "cfg = SearchConfig.from_dict({'backend': 'modal', 'output_dir': sys.argv[1]})\n"
+        "cfg = SearchConfig.from_dict({'executor': 'modal', 'output_dir': sys.argv[1]})\n"
         "try:\n"
         "    OptunaSearch(cfg).run()\n"
         "except MissingDependencyError as exc:\n"
@@ -37,11 +38,11 @@ def test_import_works_without_modal_and_the_backend_names_the_install(tmp_path):
     assert not (tmp_path / "s").exists()  # refused before writing anything
 
 
-def test_backend_objects_carry_the_config():
+def test_executor_objects_carry_the_config():
     import modal
 
     cfg = ModalConfig(gpu=["L4", "A10G"], timeout=900, max_containers=3, retries=2, volume="my-vol", secrets=["huggingface"], pip=["einops==0.8.1"], python_version="3.11")
-    backend = ModalBackend(cfg)
+    backend = ModalExecutor(cfg)
     opts = backend.function_options
     assert opts["gpu"] == ["L4", "A10G"] and opts["timeout"] == 900 and opts["max_containers"] == 3
     assert isinstance(opts["retries"], modal.Retries)
@@ -57,7 +58,8 @@ def test_backend_objects_carry_the_config():
     assert f"sentence-transformers=={metadata.version('sentence-transformers')}" in backend.requirements
     assert backend.requirements[-1] == "einops==0.8.1"
     assert all("+" not in r for r in backend.requirements)
-    assert ModalBackend(ModalConfig(retries=0)).function_options["retries"] is None
+    assert ModalExecutor(ModalConfig(retries=0)).function_options["retries"] is None
+    assert backend.max_parallel == 3 and backend.trial_dir("0007") == "/vol/runs/embedft/trials/0007"
 
 
 def test_modal_config_errors_name_the_field():
@@ -71,11 +73,11 @@ def test_modal_config_errors_name_the_field():
 
 def remote(tmp_path, **kw):
     mount = tmp_path / "vol"
-    return OfflineBackend(ModalConfig(mount=str(mount), max_containers=kw.pop("max_containers", 1), poll_seconds=0.01), LocalVolume(mount), **kw)
+    return OfflineModal(ModalConfig(mount=str(mount), max_containers=kw.pop("max_containers", 1), poll_seconds=0.01), LocalVolume(mount), **kw)
 
 
 def modal_search(tiny_model_path, tmp_path, **kw):
-    return search_config(tiny_model_path, tmp_path, backend="modal", **kw)
+    return search_config(tiny_model_path, tmp_path, executor="modal", **kw)
 
 
 @pytest.mark.parametrize("executor", ["inprocess", "process", "modal"])
@@ -84,7 +86,7 @@ def test_every_executor_gives_the_same_trials(tiny_model_path, tmp_path, executo
     ref = OptunaSearch(search_config(tiny_model_path, tmp_path / "ref", n_trials=2)).run()
     ref_rows = trials(ref.output_dir)
     if executor == "modal":
-        result = OptunaSearch(modal_search(tiny_model_path, tmp_path / "x", n_trials=2), remote=remote(tmp_path)).run()
+        result = OptunaSearch(modal_search(tiny_model_path, tmp_path / "x", n_trials=2), executor=remote(tmp_path)).run()
     else:
         result = OptunaSearch(search_config(tiny_model_path, tmp_path / "x", n_trials=2, executor=executor)).run()
     rows = trials(result.output_dir)
@@ -99,7 +101,7 @@ def test_every_executor_gives_the_same_trials(tiny_model_path, tmp_path, executo
 def test_remote_search_uploads_once_keeps_only_the_best_on_the_volume(tiny_model_path, tmp_path):
     backend = remote(tmp_path, max_containers=2)
     cfg = modal_search(tiny_model_path, tmp_path, n_trials=3)
-    result = OptunaSearch(cfg, remote=backend).run()
+    result = OptunaSearch(cfg, executor=backend).run()
     assert result.n_complete == 3 and result.n_failed == 0 and result.gpu_seconds > 0
     assert max(len(c) for c in backend.in_flight) == 2  # the driver kept two calls out at once
     # The splits and the local base model went to the volume once each; trials loaded the copy.
@@ -113,7 +115,7 @@ def test_remote_search_uploads_once_keeps_only_the_best_on_the_volume(tiny_model
     assert backend.volume.commits == 3 and backend.volume.reloads == 3
     # A second search on the same data does not upload again.
     again = remote(tmp_path)
-    OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=4), remote=again).run()
+    OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=4), executor=again).run()
     assert again.volume.uploads == []
 
 
@@ -121,7 +123,7 @@ def test_pruning_stops_a_remote_trial(tiny_model_path, tmp_path):
     import optuna
 
     backend = remote(tmp_path)
-    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), remote=backend, pruner=optuna.pruners.ThresholdPruner(lower=1.01)).run()
+    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), executor=backend, pruner=optuna.pruners.ThresholdPruner(lower=1.01)).run()
     assert result.n_pruned == 2
     assert all(r["last_step"] == 1 and r["train_steps"] == 1 for r in trials(result.output_dir))  # of 2 steps
     assert backend.reports.puts == 2
@@ -133,16 +135,16 @@ def test_remote_exceptions_and_timeouts_become_fail(tiny_model_path, tmp_path):
     cfg = modal_search(tiny_model_path, tmp_path, n_trials=2)
     cfg.base.model.base_model = str(tmp_path / "no-such-model")  # every trial raises inside the function
     cfg = SearchConfig.from_dict({**cfg.model_dump(mode="json"), "max_failures": 2})
-    result = OptunaSearch(cfg, remote=backend).run()
+    result = OptunaSearch(cfg, executor=backend).run()
     rows = trials(result.output_dir)
-    assert rows[0]["state"] == "FAIL" and "remote trial failed: TimeoutError_: Function timeout" in rows[0]["error"]
+    assert rows[0]["state"] == "FAIL" and "remote trial failed: FunctionTimeoutError: Function timeout" in rows[0]["error"]
     assert rows[1]["state"] == "FAIL" and "ModelError" in rows[1]["error"]
     assert result.n_complete == 0 and result.n_failed == 3
 
 
 def test_a_retried_preemption_loses_nothing(tiny_model_path, tmp_path):
     backend = remote(tmp_path, preempt={0})
-    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), remote=backend).run()
+    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), executor=backend).run()
     assert result.n_complete == 2 and result.n_failed == 0
     assert backend.calls[0].attempts == 2 and backend.calls[1].attempts == 1
     # The lost attempt's report was answered under its own key; the retry got fresh answers.
@@ -155,11 +157,9 @@ def test_pull_copies_a_folder_atomically(tmp_path):
     (tmp_path / "vol" / "runs" / "a" / "model").mkdir(parents=True)
     (tmp_path / "vol" / "runs" / "a" / "model" / "weights.bin").write_bytes(b"x" * 200_000)
     (tmp_path / "vol" / "runs" / "a" / "metrics.json").write_text("{}")
-    backend = ModalBackend(ModalConfig(mount="/vol"), volume=volume)
+    backend = ModalExecutor(ModalConfig(mount="/vol"), volume=volume)
     out = backend.pull("/vol/runs/a", tmp_path / "local" / "a")
     assert (out / "model" / "weights.bin").stat().st_size == 200_000 and (out / "metrics.json").read_text() == "{}"
-    from embedft.modal_backend import RemoteTrialError
-
     with pytest.raises(RemoteTrialError, match="nothing to pull"):
         backend.pull("/vol/runs/missing", tmp_path / "local" / "b")
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["a"]  # no half-written folder
@@ -171,7 +171,7 @@ def test_remote_training_run(tiny_model_path, tmp_path):
     from test_search import base
 
     run = RunConfig.from_dict({**base(tiny_model_path), "output_dir": str(tmp_path / "local-run")})
-    result = remote(tmp_path).train(run, local_output=tmp_path / "local-run")
+    result = run_once(run, remote(tmp_path, trials_dir="runs/train"), local_output=tmp_path / "local-run")
     train = TrainResult.model_validate(result.train_result)
     assert train.before is not None and "cosine_ap" in train.after.test
     assert (tmp_path / "local-run" / "model" / "modules.json").is_file()
@@ -181,21 +181,21 @@ def test_remote_training_run(tiny_model_path, tmp_path):
 def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, capsys):
     import yaml
 
-    import embedft.modal_backend as mb
+    import embedft.executors.modal as em
     from embedft.cli import main
 
     from test_cli import write_config
 
     made = []
 
-    def offline(config):
-        backend = OfflineBackend(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"))
+    def offline(config, **kwargs):
+        backend = OfflineModal(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"), **kwargs)
         made.append(backend)
         return backend
 
-    monkeypatch.setattr(mb, "ModalBackend", offline)
+    monkeypatch.setattr(em, "ModalExecutor", offline)
     cfg = write_config(tmp_path / "c.yaml", tiny_model_path, tmp_path / "out")
-    assert main(["-q", "train", str(cfg), "--backend", "modal", "--gpu", "A10G"]) == 0
+    assert main(["-q", "train", str(cfg), "--executor", "modal", "--gpu", "A10G"]) == 0
     out = capsys.readouterr().out
     assert "training on Modal GPU A10G" in out and "cosine_ap" in out and "GPU-seconds used" in out
     assert made[0].config.gpu == "A10G"
@@ -205,7 +205,7 @@ def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, cap
     (remote,) = (tmp_path / "vol" / "runs" / "train").iterdir()
     assert main(["-q", "pull", str(remote), str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "model" / "modules.json").is_file()
-    # An existing output folder is refused before any GPU is asked for.
+    # An existing output folder is refused before any GPU is asked for (--backend: the old spelling).
     assert main(["-q", "train", str(cfg), "--backend", "modal"]) == 2
     assert len(made) == 2  # the pull made one; the refused run made none
 
@@ -215,11 +215,9 @@ def test_without_a_token_the_search_stops_with_one_clear_error(tiny_model_path, 
 
     if os.environ.get("MODAL_TOKEN_ID") or (Path.home() / ".modal.toml").exists():
         pytest.skip("a Modal token is configured here; this test must not reach a real account")
-    from embedft.modal_backend import RemoteTrialError
-
     cfg = modal_search(tiny_model_path, tmp_path, n_trials=1)
     with pytest.raises(RemoteTrialError) as err:
         OptunaSearch(cfg).run()
     assert err.value.field == "modal.volume" and "modal setup" in str(err.value)
     with pytest.raises(RemoteTrialError, match="cannot start the Modal app"):
-        ModalBackend(ModalConfig()).executor()
+        ModalExecutor(ModalConfig()).connect()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedft import ConfigError, OptunaSearch, RunConfig, SearchConfig, Trainer, TrialConfig, run_trial
+from embedft import ConfigError, OptunaSearch, RunConfig, SearchConfig, SearchProgress, Trainer, TrialConfig, run_trial
 
 import search_helpers
 from conftest import DEMO_DATA
@@ -127,6 +127,43 @@ def test_trial_errors_and_nan_loss_become_fail(tiny_model_path, tmp_path):
     bad = run_trial(TrialConfig(number=1, params={}, run=missing, data_dir=str(data_dir)))
     assert bad.state == "fail" and "ModelError" in bad.error and "model.base_model" in bad.error
     assert not (tmp_path / "t").exists()
+
+
+def test_progress_hears_every_trial_and_the_end(tiny_model_path, tmp_path):
+    seen = []
+
+    class Recorder(SearchProgress):
+        def update(self, done, total, best, result=None):
+            seen.append((done, total, best is not None, result.number if result else None))
+
+        def close(self):
+            seen.append("closed")
+
+    OptunaSearch(search_config(tiny_model_path, tmp_path, n_trials=2, space=LR_SPACE), trial_fn=search_helpers.fake_scores, progress=Recorder()).run()
+    assert seen == [(0, 2, False, None), (1, 2, True, 0), (2, 2, True, 1), "closed"]
+
+
+def test_the_old_backend_setting_is_read_as_executor(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="embedft.search"):
+        assert SearchConfig.from_dict({"backend": "modal"}).executor == "modal"
+        assert SearchConfig.from_dict({"backend": "local", "executor": "process", "workers": 2}).executor == "process"
+    assert "backend: modal is deprecated; write executor: modal" in caplog.text
+    assert "backend" not in SearchConfig.from_dict({"backend": "modal"}).to_dict()
+    for bad in ({"backend": "modal", "executor": "process"}, {"backend": "local", "executor": "modal"}, {"backend": "gpu"}):
+        with pytest.raises(ConfigError, match="spelled executor"):
+            SearchConfig.from_dict(bad)
+
+
+def test_one_factory_builds_the_executor_the_config_names(tmp_path):
+    from embedft.executors import InProcessExecutor, ProcessExecutor, make_executor
+
+    one = make_executor(SearchConfig(output_dir=str(tmp_path / "s")))
+    assert isinstance(one, InProcessExecutor) and one.trials_dir == tmp_path / "s" / "trials"
+    two = make_executor(SearchConfig(workers=2, output_dir=str(tmp_path / "s")))
+    assert isinstance(two, ProcessExecutor) and two.max_parallel == 2 and not two._workers  # nothing started yet
+    assert isinstance(make_executor(SearchConfig(executor="process")), ProcessExecutor)
 
 
 CANARY = "canary-pw-7f3a"
@@ -272,12 +309,14 @@ def test_a_rerun_of_another_search_on_the_same_study_is_refused(tiny_model_path,
 def test_surplus_trials_are_ranked_by_number():
     import optuna
 
+    from embedft.search.study import is_surplus
+
     study = optuna.create_study()
     for _ in range(2):
         study.tell(study.ask(), 1.0)
     first, second = study.ask(), study.ask()  # two drivers asked for the third and last trial at once
-    assert not OptunaSearch._surplus(study, first.number, 3)
-    assert OptunaSearch._surplus(study, second.number, 3)
+    assert not is_surplus(study, first.number, 3)
+    assert is_surplus(study, second.number, 3)
 
 
 @pytest.mark.parametrize("when", ["while it reports", "after its last report"])

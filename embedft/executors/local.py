@@ -1,58 +1,45 @@
-"""Executors run trials for the search driver: in this process, or in local worker processes.
+"""Executors on this machine: one trial at a time in this process, or N worker processes.
 
-An executor takes :class:`~embedft.trial.TrialConfig` objects with ``submit`` and hands back
-finished :class:`~embedft.trial.TrialResult` objects from ``wait``. Intermediate dev scores
-flow back through ``on_report(number, step, value) -> prune?`` while trials run; across
-processes they travel over each worker's pipe and the prune decision comes back the same
-way; the Modal backend makes the same round trip with a ``modal.Queue`` and a ``modal.Dict``.
+Trial folders live in ``trials_dir`` (``OUTPUT_DIR/trials`` for a search) and trials read the
+saved splits in place. Across processes, intermediate dev scores travel over each worker's pipe
+and the prune decision comes back the same way.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import multiprocessing as mp
-from multiprocessing import connection as mp_connection
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from multiprocessing import connection as mp_connection
+from pathlib import Path
+from typing import Any
 
+from embedft.executors.base import Executor, OnReport
 from embedft.trial import TrialConfig, TrialResult, run_trial
 
-__all__ = ["Executor", "InProcessExecutor", "ProcessExecutor", "OnReport"]
+__all__ = ["InProcessExecutor", "ProcessExecutor", "TrialFn"]
 
-logger = logging.getLogger(__name__)
-
-OnReport = Callable[[int, int, float], bool]
-"""``on_report(trial number, step, dev value) -> prune?``: the driver's side of the pruning channel."""
 TrialFn = Callable[..., TrialResult]
+"""The function an executor runs per trial: ``trial_fn(TrialConfig, report) -> TrialResult`` (:func:`run_trial`)."""
 
 
-class Executor(Protocol):
-    """What the search driver needs from an executor."""
-
-    max_parallel: int
-
-    def submit(self, config: TrialConfig) -> None:
-        """Queue a trial; it starts as soon as a slot is free."""
-        ...
-
-    def wait(self, on_report: OnReport, timeout: float) -> list[TrialResult]:
-        """Relay intermediate reports to ``on_report`` for up to ``timeout`` seconds; return the trials that ended."""
-        ...
-
-    def close(self) -> None:
-        """Stop running trials and release workers; queued trials are dropped."""
-        ...
+def _guarded(trial_fn: TrialFn, config: TrialConfig, report) -> TrialResult:
+    """Run ``trial_fn``; an exception it lets through becomes a failed result."""
+    try:
+        return trial_fn(config, report)
+    except Exception as exc:
+        return TrialResult(number=config.number, state="fail", error=f"{type(exc).__name__}: {exc}")
 
 
-class InProcessExecutor:
+class InProcessExecutor(Executor):
     """Runs one trial at a time in the calling process."""
 
-    max_parallel = 1
-
-    def __init__(self, trial_fn: TrialFn = run_trial) -> None:
+    def __init__(self, trials_dir: str | Path, trial_fn: TrialFn = run_trial) -> None:
+        super().__init__(trials_dir)
         self._trial_fn = trial_fn
         self._pending: deque[TrialConfig] = deque()
 
@@ -72,28 +59,18 @@ class InProcessExecutor:
         self._pending.clear()
 
 
-def _guarded(trial_fn: TrialFn, config: TrialConfig, report) -> TrialResult:
-    """Run ``trial_fn``; an exception it lets through becomes a failed result."""
-    try:
-        return trial_fn(config, report)
-    except Exception as exc:
-        return TrialResult(number=config.number, state="fail", error=f"{type(exc).__name__}: {exc}")
-
-
-# ---------------------------------------------------------------------- processes
-def _worker_main(conn, trial_fn: TrialFn, threads: int | None, decision_timeout: float) -> None:
+def _worker_main(conn, trial_fn: TrialFn, threads: int, gpu: str | None, decision_timeout: float) -> None:
     """A worker process: takes trial configs over its pipe, runs them, sends reports and results back.
 
     Each worker has its own duplex pipe, written synchronously: a worker that dies can lose
-    only its own messages and never leaves a shared lock held.
+    only its own messages and never leaves a shared lock held. ``gpu`` pins it to one GPU.
     """
-    if threads:
-        try:
-            import torch
+    if gpu is not None:  # before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    with contextlib.suppress(ImportError):
+        import torch
 
-            torch.set_num_threads(threads)
-        except ImportError:  # pragma: no cover
-            pass
+        torch.set_num_threads(threads)
     while True:
         try:
             message = conn.recv()
@@ -120,59 +97,48 @@ def _worker_main(conn, trial_fn: TrialFn, threads: int | None, decision_timeout:
         conn.send(("result", result.model_dump_json()))
 
 
+@dataclass
 class _Worker:
-    __slots__ = ("proc", "conn", "number")
-
-    def __init__(self, proc, conn) -> None:
-        self.proc = proc
-        self.conn = conn
-        self.number: int | None = None  # the trial it is running
+    proc: Any
+    conn: Any
+    number: int | None = None  # the trial it is running
 
 
-class ProcessExecutor:
-    """N worker processes on this machine; CPU threads are divided among them.
+class ProcessExecutor(Executor):
+    """N worker processes on this machine, started by :meth:`start`; CPU threads are divided among them.
 
     The driver hands each trial to one idle worker itself, so it always knows which trial a
-    worker holds. Intermediate scores travel over the worker's pipe and the prune decision
-    comes back the same way (the Modal backend uses a queue and a dict for the same round
-    trip). A worker that dies (killed, out of memory, ``os._exit``) fails only the trial it
-    was running, recorded with its exit code; a fresh worker takes its place. With GPUs,
-    each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) round-robin.
+    worker holds. A worker that dies (killed, out of memory, ``os._exit``) fails only the trial it
+    was running, recorded with its exit code; a fresh worker takes its place. With GPUs, each
+    worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) round-robin.
     """
 
-    def __init__(self, workers: int, trial_fn: TrialFn = run_trial, decision_timeout: float = 60.0) -> None:
+    def __init__(self, trials_dir: str | Path, workers: int, trial_fn: TrialFn = run_trial, decision_timeout: float = 60.0) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        super().__init__(trials_dir)
         self.max_parallel = workers
         self._trial_fn = trial_fn
         self._decision_timeout = decision_timeout
         self._ctx = mp.get_context("spawn")
         self._threads = max(1, (os.cpu_count() or 1) // workers)
-        self._gpus = _gpu_count()
+        self._gpus = 0
         self._workers: list[_Worker] = []
         self._pending: deque[TrialConfig] = deque()
         self._slot = 0
-        for _ in range(workers):
-            self._workers.append(self._spawn())
+
+    def start(self, data_dir: str | Path, models: Iterable[str] = ()) -> None:
+        """Start the worker processes."""
+        super().start(data_dir, models)
+        self._gpus = _gpu_count()
+        self._workers = [self._spawn() for _ in range(self.max_parallel)]
 
     def _spawn(self) -> _Worker:
-        env_gpu = str(self._slot % self._gpus) if self._gpus else None
+        gpu = str(self._slot % self._gpus) if self._gpus else None
         self._slot += 1
         parent, child = self._ctx.Pipe(duplex=True)
-        old = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if env_gpu is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = env_gpu
-        try:
-            proc = self._ctx.Process(
-                target=_worker_main, args=(child, self._trial_fn, self._threads, self._decision_timeout), daemon=True
-            )
-            proc.start()
-        finally:
-            if env_gpu is not None:
-                if old is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = old
+        proc = self._ctx.Process(target=_worker_main, args=(child, self._trial_fn, self._threads, gpu, self._decision_timeout), daemon=True)
+        proc.start()
         child.close()
         return _Worker(proc, parent)
 
@@ -233,22 +199,15 @@ class ProcessExecutor:
         self._workers[index] = self._spawn()
         if worker.number is None:
             return []
-        return [
-            TrialResult(
-                number=worker.number,
-                state="fail",
-                error=f"worker process died with exit code {worker.proc.exitcode} while running the trial",
-            )
-        ]
+        error = f"worker process died with exit code {worker.proc.exitcode} while running the trial"
+        return [TrialResult(number=worker.number, state="fail", error=error)]
 
     def close(self) -> None:
         """Drop the queued trials and stop the workers (one still busy after 5 s is killed)."""
         self._pending.clear()
         for worker in self._workers:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
-            except (OSError, ValueError, BrokenPipeError):
-                pass
         for worker in self._workers:
             worker.proc.join(timeout=5)
             if worker.proc.is_alive():
@@ -259,9 +218,8 @@ class ProcessExecutor:
 
 
 def _gpu_count() -> int:
-    try:
+    with contextlib.suppress(ImportError):
         import torch
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover
-        return 0
+    return 0

@@ -1,0 +1,105 @@
+"""The executor interface: what the search driver (and a one-trial job) asks of every executor.
+
+An executor owns where its trials live. :meth:`Executor.start` makes the built splits and any
+local base model reachable by its trials (local executors read them in place, the Modal one
+uploads them), :meth:`Executor.trial` turns a resolved run config into the
+:class:`~embedft.trial.TrialConfig` its trials run, :meth:`~Executor.submit` and
+:meth:`~Executor.wait` run them, relaying intermediate dev scores to the driver's
+``on_report(number, step, value) -> prune?``, :meth:`~Executor.keep_only` deletes the trial
+folders that lost, and :meth:`~Executor.fetch` copies one trial's folder (its model) next to the study.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from embedft.config import RunConfig
+from embedft.errors import ConfigError, EmbedftError
+from embedft.files import new_scratch, remove_owned, replace_dir
+from embedft.trial import TrialConfig, TrialResult
+
+__all__ = ["Executor", "OnReport", "RemoteTrialError"]
+
+OnReport = Callable[[int, int, float], bool]
+"""``on_report(trial number, step, dev value) -> prune?``: the driver's side of the pruning channel."""
+
+
+class RemoteTrialError(EmbedftError):
+    """A remote call failed in a way that is not a trial result (an upload, the app's start, a fetch)."""
+
+
+class Executor:
+    """Runs trials and owns their folders; this base class keeps them under a local ``trials_dir``.
+
+    Subclasses implement :meth:`submit` and :meth:`wait` (and :meth:`start`/:meth:`close` when
+    they hold workers or a connection). ``max_parallel`` is how many trials run at once;
+    ``gpu_seconds`` is the GPU time trials used, where the executor knows it.
+    """
+
+    max_parallel: int = 1
+    gpu_seconds: float | None = None
+
+    def __init__(self, trials_dir: str | Path) -> None:
+        self.trials_dir = Path(trials_dir).expanduser()
+        self.data_dir: str | None = None
+        self.models: dict[str, str] = {}  # a base model as the config names it -> where trials load it
+
+    def start(self, data_dir: str | Path, models: Iterable[str] = ()) -> None:
+        """Make the saved splits in ``data_dir`` (and the local base ``models``) reachable by trials."""
+        self.data_dir = str(data_dir)
+
+    def trial_dir(self, name: str) -> str:
+        """Where the trial folder ``name`` lives, as its trial sees it."""
+        return str(self.trials_dir / name)
+
+    def trial(self, number: int, params: dict[str, Any], run: RunConfig, *, name: str | None = None, **flags: bool) -> TrialConfig:
+        """The trial config for ``run``: its own folder (``name``, default ``NNNN``), no progress bar, the splits started.
+
+        ``flags`` are :class:`TrialConfig` switches (``baseline``, ``evaluate_test``).
+        """
+        if self.data_dir is None:
+            raise ConfigError("the executor has not been started", field="executor", expected="executor.start(data_dir) before executor.trial(...)", found="not started")
+        model = run.model.model_copy(update={"base_model": self.models.get(run.model.base_model, run.model.base_model)})
+        training = run.training.model_copy(update={"progress": False})
+        run = run.model_copy(update={"output_dir": self.trial_dir(name or f"{number:04d}"), "overwrite": True, "model": model, "training": training})
+        return TrialConfig(number=number, params=params, run=run, data_dir=self.data_dir, **flags)
+
+    def submit(self, config: TrialConfig) -> None:
+        """Queue a trial; it starts as soon as a slot is free."""
+        raise NotImplementedError
+
+    def wait(self, on_report: OnReport, timeout: float = 1.0) -> list[TrialResult]:
+        """Relay intermediate reports to ``on_report`` for up to ``timeout`` seconds; return the trials that ended."""
+        raise NotImplementedError
+
+    def keep_only(self, numbers: Iterable[int]) -> None:
+        """Delete every trial folder but those of ``numbers`` (the best trial's and the running ones)."""
+        keep = set(numbers)
+        for child in self.trials_dir.iterdir() if self.trials_dir.is_dir() else []:
+            if child.name.isdigit() and int(child.name) not in keep:
+                remove_owned(child)
+
+    def fetch(self, name: str, local: Path) -> Path | None:
+        """Copy trial folder ``name`` (its model, config.yaml, metrics.json) to ``local``, replacing it atomically.
+
+        Returns ``local``, or None when the trial folder holds no model.
+        """
+        kept = self.trials_dir / name
+        if not (kept / "model").is_dir():
+            return None
+        tmp = new_scratch(local)
+        try:
+            shutil.copytree(kept / "model", tmp / "model")
+            for extra in ("config.yaml", "metrics.json"):
+                if (kept / extra).is_file():
+                    shutil.copy2(kept / extra, tmp / extra)
+            replace_dir(tmp, local, kind="run", overwrite=True)
+        finally:
+            remove_owned(tmp)
+        return local
+
+    def close(self) -> None:
+        """Stop running trials and release workers or connections; queued trials are dropped."""

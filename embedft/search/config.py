@@ -1,0 +1,293 @@
+"""The search config: a base :class:`~embedft.config.RunConfig`, a space over its dotted fields, the budget.
+
+    >>> from embedft.search import SearchConfig
+    >>> cfg = SearchConfig.from_dict({"space": {"training.epochs": {"type": "int", "low": 1, "high": 3}}})
+    >>> cfg.space["training.epochs"].grid(), cfg.executor
+    ([1, 2, 3], 'auto')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from embedft.config import ConfigBase, ModalConfig, RunConfig, Seed, StrictModel, validate_config
+from embedft.errors import ConfigError
+from embedft.files import atomic_write_text
+from embedft.redact import mask_values, redact_url, url_problem
+from embedft.tasks import get_task
+
+__all__ = ["FloatParam", "IntParam", "CategoricalParam", "Param", "SamplerConfig", "PrunerConfig", "SearchConfig", "resolve_params"]
+
+logger = logging.getLogger(__name__)
+
+
+class FloatParam(StrictModel):
+    """A float between ``low`` and ``high`` (log-uniform when ``log``)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, found {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be used together")
+        return self
+
+    def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list:
+        """Always raises: a float range has no finite grid."""
+        raise ValueError("the grid sampler needs int or categorical parameters, not float ranges")
+
+
+class IntParam(StrictModel):
+    """An integer between ``low`` and ``high`` in ``step`` increments."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("a log int range needs low > 0 and step 1")
+        return self
+
+    def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def grid(self) -> list:
+        """Every value, for the grid sampler.
+
+        >>> IntParam(type="int", low=1000, high=4000, step=1000).grid()
+        [1000, 2000, 3000, 4000]
+        """
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class CategoricalParam(StrictModel):
+    """One of ``choices`` (None, bool, int, float or str)."""
+
+    type: Literal["categorical"]
+    choices: list[None | bool | int | float | str] = Field(..., min_length=1)
+
+    def suggest(self, trial, name: str):
+        """Sample a value for ``name`` from an Optuna trial."""
+        return trial.suggest_categorical(name, self.choices)
+
+    def grid(self) -> list:
+        """Every choice, for the grid sampler."""
+        return list(self.choices)
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class SamplerConfig(StrictModel):
+    """``tpe`` (default), ``random`` or ``grid``; seeded."""
+
+    type: Literal["tpe", "random", "grid"] = "tpe"
+    seed: Seed | None = 0
+    n_startup_trials: int = Field(5, ge=0)
+
+
+class PrunerConfig(StrictModel):
+    """``median`` (default), ``percentile``, ``successive_halving``, ``hyperband`` or ``none``.
+
+    ``median``/``percentile`` stop a trial whose intermediate dev score is below the median (the
+    ``percentile``-th percentile) of earlier trials at the same step, after ``n_startup_trials``
+    trials and ``n_warmup_steps`` steps. ``successive_halving``/``hyperband`` keep the top
+    1/``reduction_factor`` of trials at rungs of ``min_resource`` x ``reduction_factor``^k steps
+    (``min_resource`` null: chosen by Optuna).
+    """
+
+    type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    percentile: float = Field(50.0, gt=0, lt=100)
+    min_resource: int | None = Field(None, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+# Keys whose values come from a sampled parameter in another form.
+_DENSE_OUT = "model.dense.out_features"
+_DENSE_ACT = "model.dense.activation"
+
+
+class SearchConfig(ConfigBase):
+    """A base :class:`RunConfig` and a search space over its dotted fields.
+
+    ``executor`` says where trials run: ``inprocess`` (one at a time in this process),
+    ``process`` (``workers`` local processes), ``modal`` (Modal GPUs, settings under ``modal``),
+    or ``auto`` (inprocess for one worker, else process). The older ``backend: local|modal``
+    is still read, as ``executor``, with a warning.
+
+    Example YAML::
+
+        base: {data: {source: pairs.tsv}, training: {eval_steps: 50}}
+        space:
+          training.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}
+          training.loss: {type: categorical, choices: [OnlineContrastiveLoss, CoSENTLoss]}
+          model.dense.out_features: {type: categorical, choices: [null, 128, 256]}  # null: no head
+          data.max_train_pairs: {type: int, low: 500, high: 4000, step: 500}      # a learning curve
+        n_trials: 20
+    """
+
+    base: RunConfig = Field(default_factory=RunConfig)
+    space: dict[str, Param] = Field(default_factory=dict)
+    n_trials: int = Field(10, gt=0)
+    timeout: float | None = Field(None, gt=0)
+    max_failures: int | None = Field(None, ge=0)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    storage: str | None = Field(None, min_length=1)
+    study_name: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    workers: int = Field(1, ge=1)
+    executor: Literal["auto", "inprocess", "process", "modal"] = "auto"
+    modal: ModalConfig = Field(default_factory=ModalConfig)
+    output_dir: str = "runs/search"
+    keep_best_model: bool = True
+    retrain_best: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_is_executor(cls, data: Any) -> Any:
+        """Read the old ``backend: local|modal`` setting as ``executor``."""
+        if not isinstance(data, dict) or "backend" not in data:
+            return data
+        data = dict(data)
+        backend, executor = data.pop("backend"), data.get("executor", "auto")
+        modal = backend == "modal"
+        if backend not in ("local", "modal") or (executor != "auto" and modal != (executor == "modal")):
+            raise ValueError(f"backend is now spelled executor (inprocess | process | modal); found backend: {backend} with executor: {executor}")
+        data["executor"] = "modal" if modal else executor
+        logger.warning("the search setting backend: %s is deprecated; write executor: %s", backend, data["executor"])
+        return data
+
+    @field_validator("storage")
+    @classmethod
+    def _readable_storage(cls, value: str | None) -> str | None:
+        problem = url_problem(value) if value else None
+        if problem:  # refused before any driver sees it (one would echo pieces of the password)
+            raise ConfigError(f"the storage URL cannot be used: {problem}", expected="a database URL SQLAlchemy reads as written", found=redact_url(value))
+        return value
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> SearchConfig:
+        task = get_task(self.base.task)
+        base = self.base.to_dict()
+        for key, param in self.space.items():
+            why = _fixed_per_search(key)
+            if why:
+                raise ConfigError(f"space key {key!r} would not change the trial: {why}", field=f"space.{key}", expected="a field that changes the trial", found=key)
+            if key == "training.loss":
+                bad = [c for c in param.grid() if c not in task.losses] if isinstance(param, CategoricalParam) else ["(not categorical)"]
+                if bad:
+                    raise ConfigError(
+                        f"space key 'training.loss' has losses the task {task.name!r} does not allow",
+                        field="space.training.loss",
+                        expected=f"losses among {sorted(task.losses)}",
+                        found=bad,
+                    )
+            # One value per key: other values may only be valid together with other sampled keys.
+            sample = param.low if not isinstance(param, CategoricalParam) else next((c for c in param.choices if c is not None), None)
+            try:
+                resolve_params(self.base, {key: sample}, base)
+            except ConfigError as exc:
+                raise ConfigError(f"space key {key!r}: {exc.message}", field=f"space.{key}", expected=exc.expected, found=exc.found) from None
+        if self.sampler.type == "grid":
+            for key, param in self.space.items():
+                if isinstance(param, FloatParam):
+                    raise ValueError(f"the grid sampler cannot search the float range {key!r}; use categorical choices")
+        if self.executor == "inprocess" and self.workers > 1:
+            raise ValueError("executor 'inprocess' runs one trial at a time; use executor 'process' for workers > 1")
+        return self
+
+    def save(self, path: str | Path, *, redact: bool = False) -> Path:
+        """Write the config as YAML; ``redact`` masks a password in the storage URL (run-folder copies)."""
+        import yaml
+
+        data = self.to_dict()
+        if redact:  # the storage URL, and any URL with a password elsewhere (a searched model's address)
+            if data.get("storage"):
+                data["storage"] = redact_url(data["storage"])
+            data = mask_values(data)
+        path = Path(path)
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def base_models(self) -> list[str]:
+        """The base models trials may load: the base config's and every searched ``model.base_model`` choice."""
+        param = self.space.get("model.base_model")
+        choices = [c for c in param.choices if isinstance(c, str)] if isinstance(param, CategoricalParam) else []
+        return list(dict.fromkeys([self.base.model.base_model, *choices]))
+
+
+def _fixed_per_search(key: str) -> str | None:
+    """Why searching ``key`` would change nothing in a trial (None: the trial honours it).
+
+    The splits are built once per search; a trial only cuts its own train size
+    (``data.max_train_pairs``) and mines its own hard negatives (``data.mine_hard_negatives``).
+    The driver sets each trial's task, output folder, overwrite and progress.
+    """
+    if key == "data.max_train_pairs" or key == "data.mine_hard_negatives" or key.startswith("data.mine_hard_negatives."):
+        return None
+    if key == "data" or key.startswith("data."):
+        return "the splits are built once per search, so every trial would use the same data while best_config.yaml recorded another value"
+    return _SET_BY_THE_SEARCH.get(key)
+
+
+_SET_BY_THE_SEARCH = {
+    "task": "the task defines the study (its data, loss choices and metric); run one search per task",
+    "output_dir": "each trial writes to its own trials/NNNN folder",
+    "overwrite": "each trial always replaces its own trials/NNNN folder",
+    "training.progress": "trials always run without a progress bar",
+}
+
+
+def resolve_params(base: RunConfig, params: dict[str, Any], base_dict: dict[str, Any] | None = None) -> RunConfig:
+    """The base config with sampled parameters applied (``model.dense.out_features=None`` drops the head).
+
+    >>> resolve_params(RunConfig(), {"training.epochs": 3, "model.dense.out_features": 64}).model.dense.out_features
+    64
+    """
+    data = json.loads(json.dumps(base_dict if base_dict is not None else base.to_dict()))
+    for key, value in params.items():
+        if key in (_DENSE_OUT, _DENSE_ACT):
+            continue
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError("search space key does not name a config field", field=key, expected="section.field of a RunConfig", found=key)
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError("search space key does not name a config field", field=key, expected="section.field of a RunConfig", found=key)
+        node[parts[-1]] = value
+    if _DENSE_OUT in params or _DENSE_ACT in params:
+        out = params.get(_DENSE_OUT, (data["model"]["dense"] or {}).get("out_features"))
+        if out is None:
+            data["model"]["dense"] = None
+        else:
+            act = params.get(_DENSE_ACT, (data["model"]["dense"] or {}).get("activation", "tanh"))
+            data["model"]["dense"] = {"out_features": out, "activation": act}
+    return validate_config(RunConfig, data, "search parameters")

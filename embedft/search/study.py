@@ -1,0 +1,425 @@
+"""The study and its storage: creating or loading it, heartbeats, the driver lock, fingerprints, crash recovery.
+
+The driver creates the Optuna storage itself and keeps it (:class:`StudyStorage`), so crash
+recovery goes through the public ``BaseStorage`` API: trial ids from
+``get_trial_id_from_study_id_trial_number``, states from ``get_trial``/``set_trial_state_values``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from embedft.errors import ConfigError
+from embedft.redact import redact_url, scrub
+from embedft.search.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, SearchConfig
+
+__all__ = ["StudyStorage", "Heartbeat", "driver_id", "make_sampler", "make_pruner", "grid_exhausted", "is_surplus", "best_of", "study_fingerprint", "check_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+
+def driver_id() -> str:
+    """``host:pid`` of this driver, as recorded on its trials and in the lock file."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StudyStorage:
+    """The storage of one search's study, created and kept by the driver.
+
+    An RDB storage (a ``storage`` URL: sqlite, PostgreSQL) records heartbeats, so several drivers
+    can share the study: a running trial is stale once its driver stopped recording them for
+    ``grace_period`` seconds, and any driver then fails it and queues it again. Without a URL the
+    study is an Optuna journal file in the output folder, which has one driver at a time.
+    """
+
+    def __init__(self, config: SearchConfig, output_dir: Path, heartbeat_interval: int, grace_period: int) -> None:
+        self.url, self.study_name, self.output_dir = config.storage, config.study_name, output_dir
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.storage: Any = None
+        self._study_id: int | None = None
+        self._trial_ids: dict[int, int] = {}
+
+    @property
+    def shared(self) -> bool:
+        """Whether the storage records heartbeats (RDB storages), so several drivers can share the study."""
+        return bool(self.url)
+
+    def display_url(self) -> str:
+        """The storage URL (``journal:PATH`` by default) with any password masked."""
+        return redact_url(self.url or f"journal:{self.output_dir / 'study.journal'}")
+
+    def open(self, sampler, pruner, direction: str):
+        """Create the storage and create or load the study in it; errors name the storage, never its secrets."""
+        import optuna
+
+        found = redact_url(self.url) if self.url else "journal"
+        try:
+            self.storage, self._study_id, self._trial_ids = self._make_storage(), None, {}
+            return optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
+        except ValueError as exc:
+            raise ConfigError(f"cannot open the study: {scrub(str(exc), self.url or '')}", field="storage", expected="a study with the same direction", found=found) from None
+        except Exception as exc:  # a database that cannot be reached; its message is scrubbed of the URL's secrets
+            first = (scrub(str(exc), self.url or "").splitlines() or [""])[0]
+            raise ConfigError(f"cannot open the study storage: {type(exc).__name__}: {first}", field="storage", expected="a reachable Optuna storage", found=found) from None
+
+    def _make_storage(self):
+        import inspect
+
+        import optuna
+        from optuna.storages import JournalStorage, RDBStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if not self.url:
+            return JournalStorage(JournalFileBackend(str(self.output_dir / "study.journal")))
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        # optuna >= 4.9 renamed failed_trial_callback (deprecated since) to heartbeat_stale_trial_callback
+        key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters else "failed_trial_callback"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            requeue = retry(max_retry=3)
+
+            def callback(study, trial) -> None:  # a stale trial: Optuna's retry callback queues it again
+                requeue(study, trial)
+                logger.warning("trial %d was interrupted (its driver stopped recording heartbeats); marked failed and queued again", trial.number)
+
+            for attempt in range(4):
+                try:
+                    return RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, **{key: callback})
+                except Exception as exc:  # drivers creating a new database's tables at once: the losers retry
+                    if attempt == 3 or not (isinstance(exc, (IntegrityError, ProgrammingError)) or "already exists" in str(exc)):
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number``, through the storage's public API (a Trial keeps its id private)."""
+        if number not in self._trial_ids:
+            if self._study_id is None:
+                self._study_id = self.storage.get_study_id_from_name(self.study_name)
+            self._trial_ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+        return self._trial_ids[number]
+
+    def still_running(self, number: int) -> bool:
+        """False when trial ``number`` was finished elsewhere (failed as stale by another driver)."""
+        from optuna.trial import TrialState
+
+        return self.storage.get_trial(self.trial_id(number)).state == TrialState.RUNNING
+
+    def reported_steps(self, number: int) -> set[int]:
+        """The steps at which trial ``number`` has an intermediate value in the study."""
+        return set(self.storage.get_trial(self.trial_id(number)).intermediate_values)
+
+    def heartbeat(self) -> Heartbeat | None:
+        """A heartbeat thread for this driver's trials (RDB storages), else None."""
+        return Heartbeat(self.storage, self.heartbeat_interval) if self.shared else None
+
+    def recover(self, study) -> None:
+        """Fail the trials whose driver died, and queue their parameters again.
+
+        With an RDB storage a running trial is stale only when its driver's heartbeat stopped
+        for ``grace_period`` seconds (``optuna.storages.fail_stale_trials``, whose retry callback
+        queues it again); a RUNNING trial that never got a heartbeat (its driver died right
+        after asking, or an embedft without heartbeats ran it) is stale once it started more than
+        ``grace_period`` ago. With the journal default this driver holds the output folder's lock,
+        so every RUNNING trial is a dead driver's.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if self.shared:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period)
+            stale = [t for t in running if t.user_attrs.get("heartbeat") != t.number and t.datetime_start is not None and t.datetime_start < cutoff]
+            reason = f"interrupted: its driver stopped before recording a heartbeat (RUNNING for more than {self.grace_period}s)"
+        else:
+            stale, reason = running, "interrupted: the search driver stopped while this trial ran"
+        for t in stale:
+            self._interrupt(study, t, reason)
+
+    def _interrupt(self, study, t, reason: str) -> None:
+        """Fail the stale trial ``t`` with ``reason`` and queue its parameters again (public storage API)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        trial_id = self.trial_id(t.number)
+        try:
+            self.storage.set_trial_user_attr(trial_id, "error", reason)
+            if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return
+        except UpdateFinishedTrialError:  # finished meanwhile (by its driver or another one)
+            return
+        if t.params:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+        logger.warning("trial %d was interrupted; marked failed and queued again", t.number)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``OUTPUT_DIR/search.lock`` while this driver runs: one driver per output folder.
+
+        The journal study lives in the output folder, so this also makes one driver per journal
+        study; its RUNNING trials are then a dead driver's. The kernel drops the lock when the
+        holder dies (even by SIGKILL), so a stale lock file never blocks a rerun.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (not POSIX: no lock)
+            yield
+            return
+        path = self.output_dir / "search.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the search lock file: {exc.strerror or exc}", field="output_dir", expected="a writable folder", found=str(path)) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown host:pid"
+                hint = "Give each driver of a shared study its own output_dir" if self.shared else "Wait for it or stop it; several drivers can share a study in an RDB storage (sqlite, PostgreSQL), each with its own output_dir"
+                where = "in this output folder" if self.shared else "on this study"
+                raise ConfigError(f"another embedft search (driver {holder}) is running {where}", field="output_dir", found=str(self.output_dir), hint=hint) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{driver_id()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+class Heartbeat:
+    """Records a heartbeat for each trial this driver runs, every ``interval`` seconds, from a thread.
+
+    A thread rather than the driver loop: an in-process trial holds the loop for its whole run.
+    The heartbeats stop when the driver process dies, and then the trial is stale.
+    """
+
+    def __init__(self, storage, interval: int) -> None:
+        self._storage, self._interval = storage, interval
+        self._ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="embedft-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, number: int, trial_id: int) -> None:
+        """Start recording heartbeats for trial ``number`` (the first one now)."""
+        with self._lock:
+            self._ids[number] = trial_id
+        self._beat(trial_id)
+
+    def discard(self, number: int) -> None:
+        """Stop recording heartbeats for trial ``number``."""
+        with self._lock:
+            self._ids.pop(number, None)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = list(self._ids.values())
+            for trial_id in ids:
+                self._beat(trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self._storage.record_heartbeat(trial_id)
+        except Exception as exc:  # a lost connection: the next beat retries; the trial stays alive for grace_period
+            logger.warning("could not record a heartbeat (%s); retrying", type(exc).__name__)
+
+
+# ---------------------------------------------------------------------- samplers and pruners
+def make_sampler(config: SamplerConfig, space: dict[str, Any]):
+    """The configured Optuna sampler (the grid one over every parameter's grid)."""
+    import optuna
+
+    if config.type == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    if config.type == "grid":
+        return _grid_sampler({k: p.grid() for k, p in space.items()}, seed=config.seed)
+    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.n_startup_trials)
+
+
+def make_pruner(p: PrunerConfig):
+    """The configured Optuna pruner."""
+    import optuna
+
+    if p.type == "none":
+        return optuna.pruners.NopPruner()
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource or "auto", reduction_factor=p.reduction_factor)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def _grid_sampler(search_space: dict[str, list], seed: int | None):
+    """Optuna's ``GridSampler`` for ask/tell: it never calls ``study.stop()``.
+
+    ``GridSampler.after_trial`` stops the study once the last grid point is told, and
+    ``study.stop()`` raises ``RuntimeError`` outside ``study.optimize``; the driver checks
+    :func:`grid_exhausted` before each ``ask`` instead.
+    """
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            """Nothing to do: the driver stops asking when the grid is exhausted."""
+
+    return AskTellGridSampler(search_space, seed=seed)
+
+
+def grid_exhausted(study) -> bool:
+    """Whether the study's grid sampler has tried every grid point and no trial is queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    sampler = study.sampler
+    if not isinstance(sampler, optuna.samplers.GridSampler) or not sampler.is_exhausted(study):
+        return False
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def is_surplus(study, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` is one too many: ``n_trials`` trials that count come before it.
+
+    Drivers that ask at the same moment each see room for one more trial; ranking the
+    finished, running and queued trials by number keeps the earlier ones, and the rest are
+    told FAIL before they run.
+    """
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states)) >= n_trials
+
+
+def best_of(study) -> tuple[int, float] | None:
+    """``(number, value)`` of the study's best trial, or None before one completed."""
+    try:
+        t = study.best_trial
+    except ValueError:
+        return None
+    return t.number, t.value
+
+
+# ---------------------------------------------------------------------- fingerprints
+# Base settings that do not change what a trial learns: how it is shown, where it runs or evaluates in batches.
+_NEUTRAL_BASE = ("output_dir", "overwrite", "training.progress", "training.device", "training.eval_batch_size")
+
+
+def study_fingerprint(config: SearchConfig, task, data_fingerprint: str) -> dict[str, Any]:
+    """What defines a search's study: task, primary metric and direction, data, search space and base settings.
+
+    Stored in the study (user attribute ``embedft_fingerprint``); a rerun on the same study
+    must match it. ``n_trials``, ``timeout``, ``workers``, the pruner, the storage and the
+    sampler may change between runs.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
+
+    space = {}
+    for key, p in sorted(config.space.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna adjusts a high bound to the step, with a warning
+            if isinstance(p, FloatParam):
+                dist = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+            elif isinstance(p, IntParam):
+                dist = IntDistribution(p.low, p.high, log=p.log, step=p.step)
+            else:
+                dist = CategoricalDistribution(p.choices)
+        space[key] = json.loads(distribution_to_json(dist))
+    direction = "maximize" if task.greater_is_better else "minimize"
+    return {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
+
+
+def _base_settings(config: SearchConfig) -> dict[str, Any]:
+    """The base config's model and training settings a trial uses (dotted keys), minus searched and neutral ones.
+
+    The data section is covered by the data fingerprint (the training-set cap included), except
+    hard-negative mining, which trials apply themselves.
+    """
+    from embedft.modeling import local_model_digest
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    data = config.base.to_dict()
+    data["training"]["loss"] = config.base.loss_name  # null means the task's default: the same loss
+    walk("", {"model": data["model"], "training": data["training"]})
+    walk("data.mine_hard_negatives", data["data"]["mine_hard_negatives"])
+    for key in ("model.base_model", "training.guide_model"):  # a local folder: what is in it, not only its name
+        digest = local_model_digest(flat.get(key))
+        if digest is not None:
+            flat[key + "@files"] = digest
+    param = config.space.get("model.base_model")
+    for choice in param.choices if isinstance(param, CategoricalParam) else []:
+        digest = local_model_digest(choice) if isinstance(choice, str) else None
+        if digest is not None:
+            flat[f"space.model.base_model[{choice}]@files"] = digest
+    searched = tuple(config.space)
+    return {k: v for k, v in sorted(flat.items()) if k not in _NEUTRAL_BASE and not any(k.split("@")[0] == s or k.startswith(s + ".") for s in searched)}
+
+
+def check_fingerprint(study, mine: dict[str, Any], where: str) -> None:
+    """Refuse a study made for another search (task, data, space or base settings); record ``mine`` on a new one.
+
+    ``where`` names the study in the error (``'embedft' in journal:runs/search/study.journal``).
+    """
+    theirs = study.user_attrs.get("embedft_fingerprint")
+    if theirs is None:  # a new study (or one from an embedft that did not record it): its direction must agree
+        if study.direction.name.lower() == mine["direction"]:
+            study.set_user_attr("embedft_fingerprint", mine)
+            return
+        theirs = {**mine, "task": "(unknown)", "metric": "(unknown)", "direction": study.direction.name.lower()}
+    differ = []
+    if any(theirs.get(k) != mine[k] for k in ("task", "metric", "direction")):
+        differ.append(("task", lambda fp: f"task {fp.get('task')} ({fp.get('metric')}, {fp.get('direction')})"))
+    if theirs.get("data") != mine["data"]:
+        differ.append(("data", lambda fp: f"data {fp.get('data')}"))
+    keys = sorted(k for k in set(theirs.get("space") or {}) | set(mine["space"]) if (theirs.get("space") or {}).get(k) != mine["space"].get(k))
+    if keys:
+        differ.append(("space", lambda fp: "space " + ", ".join(f"{k}={_describe_distribution((fp.get('space') or {}).get(k))}" for k in keys)))
+    if "base" in theirs:  # studies recorded before base settings were fingerprinted lack it: not compared
+        base = sorted(k for k in set(theirs["base"]) | set(mine["base"]) if theirs["base"].get(k) != mine["base"].get(k))
+        if base:
+            differ.append(("base", lambda fp: "base " + ", ".join(f"{k}={(fp.get('base') or {}).get(k)!r}" for k in base[:5])))
+    if differ:
+        raise ConfigError(
+            f"the study {where} holds the trials of another search",
+            field=", ".join(name for name, _ in differ),
+            expected=" / ".join(show(theirs) for _, show in differ),
+            found=" / ".join(show(mine) for _, show in differ),
+            hint="Rerun it with the same task, data, space and base settings, or start a new study: set another study_name or output_dir",
+        )
+
+
+def _describe_distribution(dist: dict[str, Any] | None) -> str:
+    """A short form of an Optuna distribution's JSON for an error line."""
+    if dist is None:
+        return "absent"
+    kind = str(dist.get("name", "")).replace("Distribution", "").lower()
+    return kind + json.dumps(dist.get("attributes", {}), sort_keys=True, separators=(",", ":"))
