@@ -6,9 +6,12 @@ User errors print one line and exit with status 2 (``--debug`` shows the traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedft", description="Fine-tune text-embedding models for your task.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also the libraries' own progress bars and each training log (loss, grad norm, learning rate)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML/JSON config")
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    _add_backend(p)
+    _add_backend(p, ["inprocess", "modal"])
 
     p = sub.add_parser("evaluate", help="evaluate a model on the dev/test splits of some data")
     p.add_argument("model", help="model folder or hub id")
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: a journal file in the output dir)")
     p.add_argument("--n-trials", type=int, help="number of completed+pruned trials to reach")
     p.add_argument("--output-dir", help="override output_dir")
-    _add_backend(p)
+    _add_backend(p, ["auto", "inprocess", "process", "modal"])
 
     p = sub.add_parser("pull", help="copy a folder (a trial's or a run's model) from the Modal volume")
     p.add_argument("remote", help="path on the volume, e.g. /vol/runs/embedft/trials/0007")
@@ -99,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["local", "modal"], help="where training runs (modal: serverless GPUs, needs embedft[modal])")
+def _add_backend(p: argparse.ArgumentParser, executors: list[str]) -> None:
+    p.add_argument("--executor", choices=executors, help="where training runs (modal: serverless GPUs, needs embedft[modal])")
+    p.add_argument("--backend", choices=["local", "modal"], help="deprecated spelling of --executor (local: this machine)")
     p.add_argument("--modal-config", help="YAML/JSON file with a ModalConfig (gpu, timeout, max_containers, ...)")
     p.add_argument("--gpu", help="Modal GPU type, e.g. L4, A10G, A100 (overrides the Modal config)")
 
@@ -125,7 +130,7 @@ def _config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfi
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    level = logging.DEBUG if args.debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedft").setLevel(level)
     if not args.debug:
@@ -141,52 +146,119 @@ def _check_run_output(cfg: RunConfig, config_file: str | None = None) -> None:
     check_output_dir(cfg.output_dir, kind="run", overwrite=cfg.overwrite, inputs=inputs)
 
 
-def _train(cfg: RunConfig, quiet: bool) -> int:
+def _train(cfg: RunConfig, args: argparse.Namespace) -> int:
     from embedft.training import Trainer
 
-    if quiet:
+    verbose = args.verbose or args.debug
+    if not verbose:  # one bar per phase, drawn here; the libraries' own bars only with -v
         cfg = cfg.with_overrides({"training.progress": False})
-    trainer = Trainer(cfg)
-    built = trainer.build_data()
-    print(built.report.summary(), flush=True)
-    result = Trainer(cfg, data=built).fit()
+    bars = None if args.quiet else _PhaseBars()
+    with contextlib.nullcontext() if verbose else _quiet_libraries():
+        built = Trainer(cfg, reporter=bars).build_data()
+        print(built.report.summary(), flush=True)
+        result = Trainer(cfg, data=built, reporter=bars).fit()
     print()
     print(result.summary())
     return 0
 
 
+class _PhaseBars:
+    """The console side of :class:`embedft.training.Progress`: one tqdm bar per phase of a run."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int | None = None) -> Iterator[_PhaseBars]:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total or 1, desc=name, disable=False, dynamic_ncols=True, file=sys.stderr)
+        try:
+            yield self
+            if total is None:
+                self.bar.update(1)
+        finally:
+            self.bar.close()
+
+    def update(self, n: int = 1, **postfix: str) -> None:
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        if n:
+            self.bar.update(n)
+        else:
+            self.bar.refresh()
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hide the bars transformers, datasets and sentence-transformers' model card draw by themselves; restored after."""
+    import sentence_transformers.base.model_card as model_card
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    restore = [hf_logging.enable_progress_bar] if hf_logging.is_progress_bar_enabled() else []
+    restore += [] if are_progress_bars_disabled() else [enable_progress_bars]
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    card_tqdm, model_card.tqdm = model_card.tqdm, functools.partial(model_card.tqdm, disable=True)  # "Computing widget examples"
+    try:
+        yield
+    finally:
+        model_card.tqdm = card_tqdm
+        for undo in restore:
+            undo()
+
+
 def _train_remote(cfg: RunConfig, modal_cfg) -> int:
-    from embedft.modal_backend import ModalBackend
+    from embedft.executors import run_once
+    from embedft.executors.modal import ModalExecutor
     from embedft.results import TrainResult
 
-    backend = ModalBackend(modal_cfg)
+    executor = ModalExecutor(modal_cfg, trials_dir="runs/train")
     print(f"training on Modal GPU {modal_cfg.gpu} (app {modal_cfg.app_name}, volume {modal_cfg.volume}, timeout {modal_cfg.timeout}s)")
-    result = backend.train(cfg, local_output=cfg.output_dir)
+    result = run_once(cfg, executor, local_output=cfg.output_dir)
     print(TrainResult.model_validate(result.train_result).summary())
     print(f"GPU-seconds used: {result.seconds:.0f}; model pulled to {Path(cfg.output_dir) / 'model'}")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from embedft.search import OptunaSearch, SearchConfig, _Progress, format_trials
+    import optuna
 
+    from embedft.search import OptunaSearch, SearchConfig, SearchProgress, format_trials
+
+    class Bar(SearchProgress):
+        """One bar over the trials, the best value so far in its postfix."""
+
+        bar = None
+
+        def update(self, done, total, best, result=None) -> None:
+            super().update(done, total, best, result)
+            if self.bar is None:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc="trials", unit="trial")
+            self.bar.n = min(done, total)
+            if best is not None:
+                self.bar.set_postfix_str(f"best #{best[0]} = {best[1]:.4f}")
+            self.bar.refresh()
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.debug or getattr(args, "verbose", False) else optuna.logging.WARNING)  # Optuna's own trial lines only with -v
     cfg = SearchConfig.from_file(args.config)
-    updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir), ("backend", args.backend)) if v is not None}
+    executor = args.executor or {"modal": "modal", "local": "auto" if cfg.executor == "modal" else None}.get(args.backend)
+    updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir), ("executor", executor)) if v is not None}
     if args.modal_config or args.gpu:
         updates["modal"] = _modal_config(args, cfg.modal).model_dump(mode="json")
     if updates:
         cfg = cfg.with_overrides(updates, source="the command line")
     if args.overrides:
         cfg = cfg.with_overrides(args.overrides)
-    search = OptunaSearch(cfg)
+    search = OptunaSearch(cfg, progress=None if args.quiet else Bar())
     check_output_dir(cfg.output_dir, kind="search", resume=True, inputs=[("config", args.config), *search.inputs()])
-    where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.backend == "modal" else f"{cfg.workers} local worker(s)"
+    where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.executor == "modal" else f"{cfg.workers} local worker(s)"
     print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials on {where}")
-    enabled, _Progress.enabled = _Progress.enabled, not args.quiet
-    try:
-        result = search.run()
-    finally:
-        _Progress.enabled = enabled  # the CLI's setting, not a leftover for the next caller in this process
+    result = search.run()
     print()
     print(format_trials(json.loads(result.trials_json.read_text(encoding="utf-8")), best=result.best_number))
     print(f"trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; train time {result.train_seconds:.1f}s")
@@ -227,21 +299,21 @@ def _run(args: argparse.Namespace) -> int:
             updates["overwrite"] = True
         cfg = cfg.with_overrides(updates) if updates else cfg
         _check_run_output(cfg, config_file=args.config)  # before any data, model or GPU
-        if args.backend == "modal":
+        if "modal" in (args.executor, args.backend):
             return _train_remote(cfg, _modal_config(args))
-        return _train(cfg, args.quiet)
+        return _train(cfg, args)
     if args.command == "demo":
         cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
         _check_run_output(cfg)  # replaces only an earlier embedft run, never a user's folder
         print(f"embedft demo: fine-tuning {cfg.model.base_model} on the shipped duplicate-question sample -> {cfg.output_dir}")
-        return _train(cfg, args.quiet)
+        return _train(cfg, args)
     if args.command == "search":
         return _search(args)
     if args.command == "pull":
         check_output_dir(args.local, kind="model", field="local", overwrite=True)
-        from embedft.modal_backend import ModalBackend
+        from embedft.executors.modal import ModalExecutor
 
-        path = ModalBackend(_modal_config(args)).pull(args.remote, args.local)
+        path = ModalExecutor(_modal_config(args)).pull(args.remote, args.local)
         print(f"pulled {args.remote} -> {path}")
         return 0
     if args.command == "init":

@@ -64,14 +64,14 @@ def _api(entry: str, target: Path, tiny: str, tmp_path: Path) -> None:
         OptunaSearch(_search_cfg(tiny, target)).run()
     elif entry == "pull":
         from embedft.config import ModalConfig
-        from embedft.modal_backend import ModalBackend
+        from embedft.executors.modal import ModalExecutor
 
         from modal_standins import LocalVolume
 
         volume = LocalVolume(tmp_path / "vol")
         (tmp_path / "vol" / "runs" / "a").mkdir(parents=True)
         (tmp_path / "vol" / "runs" / "a" / "metrics.json").write_text("{}")
-        ModalBackend(ModalConfig(mount="/vol"), volume=volume).pull("/vol/runs/a", target)
+        ModalExecutor(ModalConfig(mount="/vol"), volume=volume).pull("/vol/runs/a", target)
     else:  # pragma: no cover
         raise AssertionError(entry)
 
