@@ -130,7 +130,8 @@ def _config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfi
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
+    # The bars and the summary are the default output; embedft's own log lines (and each training log) come with -v.
+    level = logging.DEBUG if args.debug or args.verbose else logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedft").setLevel(level)
     if not args.debug:
