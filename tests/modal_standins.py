@@ -164,13 +164,16 @@ class OfflineModal(ModalExecutor):
     """The real ModalExecutor with its network boundary (app.run, ephemeral Queue/Dict, spawn) replaced.
 
     ``preempt`` holds trial numbers whose first attempt is lost after its first report;
-    ``fail_calls`` holds trial numbers whose call raises like a timed-out function.
+    ``fail_calls`` holds trial numbers whose call raises like a timed-out function, or maps them
+    to what their call's ``get`` raises (modal re-raises the remote exception, a ``SystemExit``
+    or ``KeyboardInterrupt`` from the container included).
     """
 
     def __init__(self, config, volume: LocalVolume, preempt=(), fail_calls=(), **kwargs) -> None:
         super().__init__(config, volume=volume, **kwargs)
         self.preempt = set(preempt)
-        self.fail_calls = set(fail_calls)
+        timeout = modal.exception.FunctionTimeoutError("Function timeout after 900 seconds")
+        self.fail_calls = dict(fail_calls) if isinstance(fail_calls, dict) else dict.fromkeys(fail_calls, timeout)
         self.calls: dict[int, LocalCall] = {}
         self.reports = LocalQueue()
         self.decisions = LocalDict()
@@ -188,7 +191,7 @@ class OfflineModal(ModalExecutor):
 
             def attempt(n: int):
                 if number in self.fail_calls:
-                    raise modal.exception.FunctionTimeoutError("Function timeout after 900 seconds")
+                    raise self.fail_calls[number]
                 if number in self.preempt and n == 1:
                     reports.put((number, 1, 0.0, "lost"))  # a report from the lost attempt
                     raise Preempted("container preempted")

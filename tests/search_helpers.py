@@ -64,3 +64,16 @@ def disk_full_on_first(config, report):
 
     with mock.patch.object(SentenceTransformer, "save", full):
         return run_trial(config, report)
+
+
+def marked_scores(config, report):
+    """fake_scores that leaves a trial folder marked as embedft's run (no model in it)."""
+    from embedft.files import mark
+
+    mark(config.run.output_dir, "run")
+    return fake_scores(config, report)
+
+
+def visible_gpu(config, report):
+    """No training: the trial's error is the CUDA_VISIBLE_DEVICES its worker process sees."""
+    return TrialResult(number=config.number, state="fail", error=os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))

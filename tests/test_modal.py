@@ -221,3 +221,63 @@ def test_without_a_token_the_search_stops_with_one_clear_error(tiny_model_path, 
     assert err.value.field == "modal.volume" and "modal setup" in str(err.value)
     with pytest.raises(RemoteTrialError, match="cannot start the Modal app"):
         ModalExecutor(ModalConfig()).connect()
+
+
+def test_a_search_removes_only_its_own_trial_folders_on_the_volume(tiny_model_path, tmp_path):
+    from embedft.executors import make_executor
+
+    # Each study gets its own Volume folder, stable across reruns (storage and study name).
+    folder = lambda **kw: make_executor(SearchConfig(executor="modal", output_dir=str(tmp_path / "s"), **kw)).trials_dir  # noqa: E731
+    assert folder() == folder() != folder(study_name="other") and folder() != folder(storage="sqlite:///x.db")
+    assert folder().as_posix().startswith("runs/embedft-") and folder().name == "trials"
+    # Within one folder, the sweep drops only this study's finished trials that lost.
+    backend = remote(tmp_path)
+    trials_dir = tmp_path / "vol" / "runs" / "embedft" / "trials"
+    for name in ("0042", "notes"):  # another search's best model; something of the user's
+        (trials_dir / name / "model").mkdir(parents=True)
+    result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), executor=backend).run()
+    assert sorted(p.name for p in trials_dir.iterdir()) == sorted(["0042", "notes", f"{result.best_number:04d}"])
+    # A missing folder does not stop the others from going.
+    (trials_dir / "0007").mkdir()
+    backend.remove_trials([5, 7, 6])
+    assert not (trials_dir / "0007").exists()
+
+
+def test_a_remote_systemexit_or_interrupt_is_a_failed_trial(tiny_model_path, tmp_path):
+    backend = remote(tmp_path, fail_calls={0: SystemExit(3), 1: KeyboardInterrupt("container stopped")})
+    cfg = SearchConfig.from_dict({**modal_search(tiny_model_path, tmp_path, n_trials=2).model_dump(mode="json"), "max_failures": 1})
+    result = OptunaSearch(cfg, executor=backend).run()  # the driver lives on
+    rows = trials(result.output_dir)
+    assert [r["state"] for r in rows] == ["FAIL", "FAIL"] and result.n_failed == 2
+    assert "remote trial failed: SystemExit: 3" in rows[0]["error"] and "KeyboardInterrupt: container stopped" in rows[1]["error"]
+
+
+def test_run_once_checks_the_local_folder_first_and_says_why_a_fetch_failed(tiny_model_path, tmp_path):
+    from embedft import ConfigError, OutputExistsError, RunConfig
+    from embedft.files import mark
+
+    from test_search import base
+
+    user = tmp_path / "mine"
+    (user / "notes.txt").parent.mkdir()
+    (user / "notes.txt").write_text("mine")
+    earlier = mark(tmp_path / "earlier", "run", complete=True)
+    for local, overwrite in ((user, True), (earlier, False)):  # a folder embedft did not write; a run without overwrite
+        backend = remote(tmp_path, trials_dir="runs/train")
+        run = RunConfig.from_dict({**base(tiny_model_path), "output_dir": str(local), "overwrite": overwrite})
+        with pytest.raises((ConfigError, OutputExistsError)):
+            run_once(run, backend, local_output=local)
+        assert backend.calls == {} and backend.volume.uploads == []  # refused before any remote call
+    assert (user / "notes.txt").read_text() == "mine" and (earlier / ".embedft-output").is_file()
+    # The run completes but its folder cannot be read back: the reason reaches the caller.
+    backend = remote(tmp_path, trials_dir="runs/train")
+
+    def lost(path):
+        raise ConnectionResetError("the volume went away")
+        yield
+
+    backend.volume.read_file = lost
+    run = RunConfig.from_dict({**base(tiny_model_path), "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ConnectionResetError, match="the volume went away"):
+        run_once(run, backend, local_output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -151,9 +151,88 @@ def test_the_old_backend_setting_is_read_as_executor(caplog):
         assert SearchConfig.from_dict({"backend": "local", "executor": "process", "workers": 2}).executor == "process"
     assert "backend: modal is deprecated; write executor: modal" in caplog.text
     assert "backend" not in SearchConfig.from_dict({"backend": "modal"}).to_dict()
-    for bad in ({"backend": "modal", "executor": "process"}, {"backend": "local", "executor": "modal"}, {"backend": "gpu"}):
-        with pytest.raises(ConfigError, match="spelled executor"):
-            SearchConfig.from_dict(bad)
+    with pytest.raises(ConfigError, match="spelled executor"):
+        SearchConfig.from_dict({"backend": "gpu"})
+
+
+def test_every_old_backend_config_is_still_read_as_embedft_0_1_did():
+    # 0.1 ran backend: modal on Modal whatever executor said (workers did not limit it); the
+    # CLI's --backend local turns executor: modal into auto, and --set backend=... does the same.
+    for data, executor in (({"backend": "modal", "executor": "process", "workers": 3}, "modal"), ({"backend": "modal", "executor": "inprocess", "workers": 3}, "modal"),
+                           ({"backend": "local", "executor": "modal"}, "auto"), ({"backend": "local", "executor": "inprocess"}, "inprocess")):
+        assert SearchConfig.from_dict(data).executor == executor, data
+    on_modal = SearchConfig(executor="modal", workers=3)
+    assert on_modal.with_overrides(["backend=local"]).executor == "auto" and on_modal.with_overrides({"backend": "local"}).workers == 3
+    assert SearchConfig(executor="process", workers=2).with_overrides(["backend=modal"]).executor == "modal"
+
+
+def test_the_cli_gives_back_optuna_verbosity(tmp_path):
+    import optuna
+
+    from embedft.cli import main
+
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.DEBUG)
+        assert main(["-q", "search", str(tmp_path / "missing.yaml")]) == 2
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def test_older_executor_calls_and_any_executor_shaped_object_work(tmp_path):
+    from embedft.executors import InProcessExecutor, ProcessExecutor, is_executor
+
+    class Shaped:  # not an Executor subclass: its interface is enough
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    cfg = search_config("unused", tmp_path, n_trials=2, space=LR_SPACE)
+    old = InProcessExecutor(search_helpers.fake_scores)  # the 0.1 positional form: no trials folder yet
+    assert old.trials_dir is None and ProcessExecutor(2, search_helpers.fake_scores).max_parallel == 2
+    assert OptunaSearch(cfg, executor=old).run().n_complete == 2 and old.trials_dir == tmp_path / "search" / "trials"
+    shaped = Shaped(InProcessExecutor(search_helpers.fake_scores, trials_dir=tmp_path / "t"))
+    assert is_executor(shaped) and not is_executor(object())
+    cfg = search_config("unused", tmp_path / "b", n_trials=2, space=LR_SPACE)
+    assert OptunaSearch(cfg, executor=shaped).run().n_complete == 2
+    with pytest.raises(ConfigError, match="executor must be"):
+        OptunaSearch(cfg, executor=object())
+
+
+def test_the_sweep_removes_only_this_studys_finished_trials(tmp_path):
+    from embedft.files import mark
+
+    trials_dir = mark(tmp_path / "search", "search") / "trials"  # a search folder resumed
+    other_run = mark(trials_dir / "0099", "run")  # another search's run left here: embedft's, but not this study's
+    (trials_dir / "0042").mkdir()
+    (trials_dir / "0042" / "notes.txt").write_text("mine")  # the user's
+    cfg = search_config("unused", tmp_path, n_trials=3, space=LR_SPACE)
+    result = OptunaSearch(cfg, trial_fn=search_helpers.marked_scores).run()
+    assert sorted(p.name for p in trials_dir.iterdir()) == sorted(["0042", "0099", f"{result.best_number:04d}"])
+    assert other_run.is_dir() and (trials_dir / "0042" / "notes.txt").read_text() == "mine"
+    assert result.best_model_path is None  # the best trial's folder holds no model: a warning, not a crash
+
+
+def test_workers_take_the_gpus_this_process_was_given(tmp_path, monkeypatch):
+    import embedft.executors.local as local
+    from embedft.executors import ProcessExecutor
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # the user gave this search GPUs 5 and 7
+    monkeypatch.setattr(local, "_gpu_count", lambda: 2)  # what torch counts under that setting
+    executor = ProcessExecutor(2, search_helpers.visible_gpu, trials_dir=tmp_path / "trials")
+    executor.start(tmp_path)
+    try:
+        for number in range(3):
+            executor.submit(executor.trial(number, {}, RunConfig()))
+        seen = []
+        while len(seen) < 3:
+            seen += executor.wait(lambda *_: False, timeout=30)
+    finally:
+        executor.close()
+    assert {r.error for r in seen} == {"5", "7"}  # not the first two GPUs of the machine
 
 
 def test_one_factory_builds_the_executor_the_config_names(tmp_path):

@@ -23,47 +23,60 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedft.config import RunConfig
-from embedft.executors.base import Executor, OnReport, RemoteTrialError
+from embedft.executors.base import Executor, OnReport, RemoteTrialError, is_executor
 from embedft.executors.local import InProcessExecutor, ProcessExecutor, TrialFn
+from embedft.files import check_output_dir
 from embedft.trial import TrialResult, run_trial
 
 if TYPE_CHECKING:  # pragma: no cover
     from embedft.search.config import SearchConfig
 
-__all__ = ["Executor", "OnReport", "TrialFn", "RemoteTrialError", "InProcessExecutor", "ProcessExecutor", "make_executor", "run_once"]
+__all__ = ["Executor", "OnReport", "TrialFn", "RemoteTrialError", "InProcessExecutor", "ProcessExecutor", "is_executor", "make_executor", "run_once"]
 
 logger = logging.getLogger(__name__)
 
 
 def make_executor(config: SearchConfig, *, trial_fn: TrialFn | None = None) -> Executor:
     """The executor a search config asks for, with its trial folders: ``OUTPUT_DIR/trials`` locally,
-    ``runs/<study_name>/trials`` on the Modal volume.
+    ``runs/<study_name>-<key>/trials`` on the Modal volume, ``key`` a hash of the study's storage
+    (its URL, or the output folder of a journal study) and name, so no two studies share a folder.
 
     ``trial_fn`` replaces :func:`~embedft.trial.run_trial` in local executors (a Modal trial
     always runs ``run_trial``). Building one starts nothing; :meth:`Executor.start` does.
     """
-    kind = config.executor
+    kind, output_dir = config.executor, Path(config.output_dir).expanduser()
     if kind == "modal":
+        import hashlib
+
         from embedft.executors.modal import ModalExecutor
 
-        return ModalExecutor(config.modal, trials_dir=f"runs/{config.study_name}/trials")
-    trials_dir, fn = Path(config.output_dir).expanduser() / "trials", trial_fn or run_trial
+        key = hashlib.sha256(f"{config.storage or output_dir.resolve()}\n{config.study_name}".encode()).hexdigest()[:8]
+        return ModalExecutor(config.modal, trials_dir=f"runs/{config.study_name}-{key}/trials")
+    fn = trial_fn or run_trial
     if kind == "inprocess" or (kind == "auto" and config.workers == 1):
-        return InProcessExecutor(trials_dir, fn)
-    return ProcessExecutor(trials_dir, config.workers, fn)
+        return InProcessExecutor(fn, trials_dir=output_dir / "trials")
+    return ProcessExecutor(config.workers, fn, trials_dir=output_dir / "trials")
 
 
 def run_once(run: RunConfig, executor: Executor, local_output: str | Path | None = None) -> TrialResult:
     """One training run (base model, train, test) as a one-trial job on ``executor``.
 
-    The splits are built here; the run's folder is fetched to ``local_output`` with the config as
-    written (not the executor's paths). Raises :class:`RemoteTrialError` when the run fails.
+    ``local_output`` is checked first, as ``output_dir`` of a run (a folder embedft did not write,
+    or a finished run without ``run.overwrite``, is refused before anything runs). The splits are
+    built here; the run's folder is fetched to ``local_output`` with the config as written (not the
+    executor's paths). Raises :class:`RemoteTrialError` when the run fails, and whatever stops
+    the fetch. An executor without a ``trials_dir`` keeps the run in a temporary folder.
     """
     from embedft.training import Trainer
 
-    built = Trainer(run).build_data()
+    trainer = Trainer(run)
+    if local_output is not None:
+        check_output_dir(local_output, kind="run", overwrite=run.overwrite, inputs=trainer.inputs())
+    built = trainer.build_data()
     name = f"{Path(run.output_dir).name}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="embedft-") as tmp:
+        if getattr(executor, "trials_dir", "") is None:
+            executor.trials_dir = Path(tmp) / "trials"
         executor.start(built.save(Path(tmp) / built.report.fingerprint), [run.model.base_model])
         try:
             executor.submit(executor.trial(0, {}, run, name=name, baseline=True, evaluate_test=True))
@@ -76,8 +89,7 @@ def run_once(run: RunConfig, executor: Executor, local_output: str | Path | None
         if result.state != "complete":
             raise RemoteTrialError("the training run failed", field="executor", expected="a completed run", found=result.error)
         if local_output is not None:
-            if executor.fetch(name, Path(local_output).expanduser()) is None:
-                raise RemoteTrialError("the run's folder could not be fetched", field="executor", expected="the run's model folder", found=executor.trial_dir(name))
+            executor.fetch(name, Path(local_output).expanduser())
             run.save(Path(local_output).expanduser() / "config.yaml")  # the config as the user wrote it, not the executor's paths
     if executor.gpu_seconds is not None:
         logger.info("training job: %.0f GPU-seconds", executor.gpu_seconds)

@@ -5,8 +5,10 @@ local base model reachable by its trials (local executors read them in place, th
 uploads them), :meth:`Executor.trial` turns a resolved run config into the
 :class:`~embedft.trial.TrialConfig` its trials run, :meth:`~Executor.submit` and
 :meth:`~Executor.wait` run them, relaying intermediate dev scores to the driver's
-``on_report(number, step, value) -> prune?``, :meth:`~Executor.keep_only` deletes the trial
-folders that lost, and :meth:`~Executor.fetch` copies one trial's folder (its model) next to the study.
+``on_report(number, step, value) -> prune?``, :meth:`~Executor.remove_trials` deletes the folders
+of the trials the driver names (its study's losers: never a folder another search wrote), and
+:meth:`~Executor.fetch` copies one trial's folder (its model) next to the study. Any object with
+these methods and ``max_parallel``/``gpu_seconds`` is an executor (:func:`is_executor`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from embedft.errors import ConfigError, EmbedftError
 from embedft.files import new_scratch, remove_owned, replace_dir
 from embedft.trial import TrialConfig, TrialResult
 
-__all__ = ["Executor", "OnReport", "RemoteTrialError"]
+__all__ = ["Executor", "OnReport", "RemoteTrialError", "is_executor"]
 
 OnReport = Callable[[int, int, float], bool]
 """``on_report(trial number, step, dev value) -> prune?``: the driver's side of the pruning channel."""
@@ -31,19 +33,27 @@ class RemoteTrialError(EmbedftError):
     """A remote call failed in a way that is not a trial result (an upload, the app's start, a fetch)."""
 
 
+def is_executor(obj: object) -> bool:
+    """Whether ``obj`` has the executor interface: an :class:`Executor`, or any object with its methods and attributes."""
+    return all(hasattr(obj, name) for name in ("max_parallel", "gpu_seconds")) and all(
+        callable(getattr(obj, name, None)) for name in ("start", "trial", "submit", "wait", "remove_trials", "fetch", "close")
+    )
+
+
 class Executor:
     """Runs trials and owns their folders; this base class keeps them under a local ``trials_dir``.
 
     Subclasses implement :meth:`submit` and :meth:`wait` (and :meth:`start`/:meth:`close` when
     they hold workers or a connection). ``max_parallel`` is how many trials run at once;
-    ``gpu_seconds`` is the GPU time trials used, where the executor knows it.
+    ``gpu_seconds`` is the GPU time trials used, where the executor knows it. ``trials_dir``
+    None: the search sets it to ``OUTPUT_DIR/trials`` (a one-trial job, to a temporary folder).
     """
 
     max_parallel: int = 1
     gpu_seconds: float | None = None
 
-    def __init__(self, trials_dir: str | Path) -> None:
-        self.trials_dir = Path(trials_dir).expanduser()
+    def __init__(self, trials_dir: str | Path | None = None) -> None:
+        self.trials_dir = Path(trials_dir).expanduser() if trials_dir is not None else None
         self.data_dir: str | None = None
         self.models: dict[str, str] = {}  # a base model as the config names it -> where trials load it
 
@@ -60,8 +70,9 @@ class Executor:
 
         ``flags`` are :class:`TrialConfig` switches (``baseline``, ``evaluate_test``).
         """
-        if self.data_dir is None:
-            raise ConfigError("the executor has not been started", field="executor", expected="executor.start(data_dir) before executor.trial(...)", found="not started")
+        if self.data_dir is None or self.trials_dir is None:
+            found = "not started" if self.data_dir is None else "trials_dir=None"
+            raise ConfigError("the executor has not been started", field="executor", expected="a trials_dir and executor.start(data_dir) before executor.trial(...)", found=found)
         model = run.model.model_copy(update={"base_model": self.models.get(run.model.base_model, run.model.base_model)})
         training = run.training.model_copy(update={"progress": False})
         run = run.model_copy(update={"output_dir": self.trial_dir(name or f"{number:04d}"), "overwrite": True, "model": model, "training": training})
@@ -75,21 +86,22 @@ class Executor:
         """Relay intermediate reports to ``on_report`` for up to ``timeout`` seconds; return the trials that ended."""
         raise NotImplementedError
 
-    def keep_only(self, numbers: Iterable[int]) -> None:
-        """Delete every trial folder but those of ``numbers`` (the best trial's and the running ones)."""
-        keep = set(numbers)
-        for child in self.trials_dir.iterdir() if self.trials_dir.is_dir() else []:
-            if child.name.isdigit() and int(child.name) not in keep:
-                remove_owned(child)
+    def remove_trials(self, numbers: Iterable[int]) -> None:
+        """Delete the folders of trials ``numbers`` (finished trials of this search that lost).
 
-    def fetch(self, name: str, local: Path) -> Path | None:
+        Only a folder embedft marked as a run goes; a missing one is skipped.
+        """
+        for number in numbers:
+            remove_owned(Path(self.trial_dir(f"{number:04d}")), kinds=("run",))
+
+    def fetch(self, name: str, local: Path) -> Path:
         """Copy trial folder ``name`` (its model, config.yaml, metrics.json) to ``local``, replacing it atomically.
 
-        Returns ``local``, or None when the trial folder holds no model.
+        Returns ``local``; raises :class:`RemoteTrialError` when the trial folder holds no model.
         """
-        kept = self.trials_dir / name
+        kept = Path(self.trial_dir(name))
         if not (kept / "model").is_dir():
-            return None
+            raise RemoteTrialError("the trial folder holds no model", field="executor", expected="a trial folder with a model", found=str(kept))
         tmp = new_scratch(local)
         try:
             shutil.copytree(kept / "model", tmp / "model")

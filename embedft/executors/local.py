@@ -38,7 +38,7 @@ def _guarded(trial_fn: TrialFn, config: TrialConfig, report) -> TrialResult:
 class InProcessExecutor(Executor):
     """Runs one trial at a time in the calling process."""
 
-    def __init__(self, trials_dir: str | Path, trial_fn: TrialFn = run_trial) -> None:
+    def __init__(self, trial_fn: TrialFn = run_trial, *, trials_dir: str | Path | None = None) -> None:
         super().__init__(trials_dir)
         self._trial_fn = trial_fn
         self._pending: deque[TrialConfig] = deque()
@@ -110,10 +110,11 @@ class ProcessExecutor(Executor):
     The driver hands each trial to one idle worker itself, so it always knows which trial a
     worker holds. A worker that dies (killed, out of memory, ``os._exit``) fails only the trial it
     was running, recorded with its exit code; a fresh worker takes its place. With GPUs, each
-    worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) round-robin.
+    worker is pinned to one GPU round-robin: worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` set to
+    the ``i``-th (modulo their number) of the GPUs this process sees, as this process names them.
     """
 
-    def __init__(self, trials_dir: str | Path, workers: int, trial_fn: TrialFn = run_trial, decision_timeout: float = 60.0) -> None:
+    def __init__(self, workers: int, trial_fn: TrialFn = run_trial, decision_timeout: float = 60.0, *, trials_dir: str | Path | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         super().__init__(trials_dir)
@@ -122,7 +123,7 @@ class ProcessExecutor(Executor):
         self._decision_timeout = decision_timeout
         self._ctx = mp.get_context("spawn")
         self._threads = max(1, (os.cpu_count() or 1) // workers)
-        self._gpus = 0
+        self._gpus: list[str] = []
         self._workers: list[_Worker] = []
         self._pending: deque[TrialConfig] = deque()
         self._slot = 0
@@ -130,11 +131,11 @@ class ProcessExecutor(Executor):
     def start(self, data_dir: str | Path, models: Iterable[str] = ()) -> None:
         """Start the worker processes."""
         super().start(data_dir, models)
-        self._gpus = _gpu_count()
+        self._gpus = _visible_gpus()
         self._workers = [self._spawn() for _ in range(self.max_parallel)]
 
     def _spawn(self) -> _Worker:
-        gpu = str(self._slot % self._gpus) if self._gpus else None
+        gpu = self._gpus[self._slot % len(self._gpus)] if self._gpus else None
         self._slot += 1
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child, self._trial_fn, self._threads, gpu, self._decision_timeout), daemon=True)
@@ -215,6 +216,12 @@ class ProcessExecutor(Executor):
                 worker.proc.join(timeout=5)
             worker.conn.close()
         self._workers.clear()
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` names them (indices 0..n-1 when it is unset)."""
+    count, named = _gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in named.split(",")][:count] if named else [str(i) for i in range(count)]
 
 
 def _gpu_count() -> int:

@@ -12,10 +12,11 @@ asks for it::
 
 A remote trial gets only its config and Volume paths: the splits (uploaded once per data
 fingerprint under ``data/``), a local base model (once, under ``models/``). The GPU function runs
-:func:`embedft.trial.run_trial` unchanged and writes its model to ``runs/<study>/trials/<number>``;
+:func:`embedft.trial.run_trial` unchanged and writes its model to ``runs/<study>-<key>/trials/<number>``;
 intermediate dev scores go to a ``modal.Queue`` and the driver's prune decisions come back in a
-``modal.Dict``; preemptions are retried (``modal.Retries``), and a timeout or an exception becomes
-a failed trial with its message (docs/modal.md tells the whole story).
+``modal.Dict``; preemptions are retried (``modal.Retries``), and a timeout or an exception (even a
+``SystemExit`` in the container) becomes a failed trial with its message (docs/modal.md tells the
+whole story).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -98,7 +100,7 @@ class ModalExecutor(Executor):
 
     Nothing touches the network until :meth:`start` (or :meth:`pull`) is used.
     ``function_options`` holds exactly what the GPU function was declared with. Trial folders
-    live on the Volume under ``trials_dir`` (``runs/<study_name>/trials`` for a search);
+    live on the Volume under ``trials_dir`` (``runs/<study_name>-<key>/trials`` for a search);
     ``volume`` replaces only the handle used for I/O from here (tests pass a local stand-in).
     """
 
@@ -133,6 +135,7 @@ class ModalExecutor(Executor):
         self.gpu_seconds = 0.0
         self._calls: dict[int, tuple[Any, float]] = {}
         self._stack: contextlib.ExitStack | None = None
+        self._getter: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ volume paths
     def remote_path(self, *parts: str) -> str:
@@ -210,25 +213,21 @@ class ModalExecutor(Executor):
             remove_owned(tmp)
         return local
 
-    def keep_only(self, numbers: Iterable[int]) -> None:
-        """Delete every trial folder on the Volume but those of ``numbers``."""
-        keep, rel = set(numbers), self._rel(self.trials_dir.as_posix())
-        try:
-            for name in [PurePosixPath(e.path).name for e in self.volume.listdir(rel)]:
-                if name.isdigit() and int(name) not in keep:
-                    self.volume.remove_file(f"{rel}/{name}", recursive=True)
-        except (FileNotFoundError, modal.exception.NotFoundError):
-            pass  # nothing there (yet), or removed meanwhile: the next sweep finishes the job
-        except Exception as exc:  # a lost connection is never worth failing the search
-            logger.warning("could not remove losing trial folders from the volume: %s", exc)
+    def remove_trials(self, numbers: Iterable[int]) -> None:
+        """Delete the Volume folders of trials ``numbers``; a missing one is skipped."""
+        rel = self._rel(self.trials_dir.as_posix())
+        for number in numbers:
+            try:
+                self.volume.remove_file(f"{rel}/{number:04d}", recursive=True)
+            except (FileNotFoundError, modal.exception.NotFoundError):
+                continue  # never written (a failed or pruned trial), or removed already
+            except Exception as exc:  # a lost connection is never worth failing the search
+                logger.warning("could not remove losing trial folders from the volume: %s", exc)
+                return
 
-    def fetch(self, name: str, local: Path) -> Path | None:
-        """Pull trial folder ``name`` from the Volume to ``local``; None (and a warning) when that fails."""
-        try:
-            return self.pull(self.trial_dir(name), local, kind="run")
-        except Exception as exc:
-            logger.warning("could not pull trial %s from the volume: %s", name, exc)
-            return None
+    def fetch(self, name: str, local: Path) -> Path:
+        """Pull trial folder ``name`` from the Volume to ``local`` (see :meth:`pull`)."""
+        return self.pull(self.trial_dir(name), local, kind="run")
 
     # ------------------------------------------------------------------ running
     def start(self, data_dir: str | Path, models: Iterable[str] = ()) -> None:
@@ -236,6 +235,7 @@ class ModalExecutor(Executor):
         self.data_dir, self.gpu_seconds = self.upload_data(data_dir, Path(data_dir).name), 0.0
         # Containers cannot see local folders: local base models go to the volume once.
         self.models = {m: self.upload_model(m) for m in sorted(set(models)) if Path(m).expanduser().is_dir()}
+        logger.info("trial folders on volume %s: %s", self.config.volume, self._rel(self.trials_dir.as_posix()))
         self.connect()
 
     def _connect(self, stack: contextlib.ExitStack):
@@ -254,6 +254,7 @@ class ModalExecutor(Executor):
             stack.close()
             raise RemoteTrialError(f"cannot start the Modal app: {type(exc).__name__}: {exc}", field="executor", expected=_NO_TOKEN, found=self.config.app_name) from exc
         self._stack = stack
+        self._getter = ThreadPoolExecutor(1, thread_name_prefix="embedft-modal-get")
 
     def submit(self, config: TrialConfig) -> None:
         """Spawn the GPU function for a trial (Modal queues it when ``max_containers`` are busy)."""
@@ -262,7 +263,11 @@ class ModalExecutor(Executor):
 
     def wait(self, on_report: OnReport, timeout: float = 1.0) -> list[TrialResult]:
         """Relay reports from the Queue to ``on_report`` and its answers to the Dict for up to ``timeout``
-        seconds; return the trials that ended (a timeout or a failed call is a failed result)."""
+        seconds; return the trials that ended (a timeout or a failed call is a failed result).
+
+        A call's result is read on a helper thread: whatever it raises, a ``BaseException`` such
+        as a remote ``SystemExit`` included, is the trial's outcome, while a Ctrl-C here (it
+        reaches only the main thread) still stops the search."""
         results: list[TrialResult] = []
         deadline = time.monotonic() + timeout
         while True:
@@ -270,11 +275,13 @@ class ModalExecutor(Executor):
                 if number in self._calls:
                     self._decisions.put(decision_key(number, step, attempt), bool(on_report(number, step, value)))
             for number, (call, started) in list(self._calls.items()):
-                try:
-                    output = call.get(timeout=0)
-                except TimeoutError:  # still running
+                future = self._getter.submit(call.get, timeout=0)
+                exc = future.exception()  # a Ctrl-C while this waits is the user's: it propagates
+                if isinstance(exc, TimeoutError):  # still running
                     continue
-                except Exception as exc:  # timeout, exception after retries, lost container
+                if exc is None:
+                    output = future.result()
+                else:  # timeout, exception after retries, lost container, a SystemExit in the container
                     error = f"remote trial failed: {type(exc).__name__}: {exc}"
                     output = TrialResult(number=number, state="fail", error=error, seconds=time.monotonic() - started).model_dump_json()
                 del self._calls[number]
@@ -291,6 +298,9 @@ class ModalExecutor(Executor):
             with contextlib.suppress(Exception):
                 call.cancel()
         self._calls.clear()
+        if self._getter is not None:
+            self._getter.shutdown(wait=False, cancel_futures=True)
+            self._getter = None
         if self._stack is not None:
             self._stack.close()
             self._stack = None

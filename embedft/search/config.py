@@ -139,7 +139,8 @@ class SearchConfig(ConfigBase):
     ``executor`` says where trials run: ``inprocess`` (one at a time in this process),
     ``process`` (``workers`` local processes), ``modal`` (Modal GPUs, settings under ``modal``),
     or ``auto`` (inprocess for one worker, else process). The older ``backend: local|modal``
-    is still read, as ``executor``, with a warning.
+    is still read, with a warning: ``modal`` as ``executor: modal``, ``local`` as the
+    ``executor`` given (``auto`` in place of ``modal``).
 
     Example YAML::
 
@@ -171,15 +172,14 @@ class SearchConfig(ConfigBase):
     @model_validator(mode="before")
     @classmethod
     def _backend_is_executor(cls, data: Any) -> Any:
-        """Read the old ``backend: local|modal`` setting as ``executor``."""
+        """Read the old ``backend: local|modal`` setting as ``executor``, as embedft 0.1 did (and ``--backend``)."""
         if not isinstance(data, dict) or "backend" not in data:
             return data
         data = dict(data)
         backend, executor = data.pop("backend"), data.get("executor", "auto")
-        modal = backend == "modal"
-        if backend not in ("local", "modal") or (executor != "auto" and modal != (executor == "modal")):
-            raise ValueError(f"backend is now spelled executor (inprocess | process | modal); found backend: {backend} with executor: {executor}")
-        data["executor"] = "modal" if modal else executor
+        if backend not in ("local", "modal"):
+            raise ValueError(f"backend is now spelled executor (inprocess | process | modal); found backend: {backend}")
+        data["executor"] = "modal" if backend == "modal" else ("auto" if executor == "modal" else executor)
         logger.warning("the search setting backend: %s is deprecated; write executor: %s", backend, data["executor"])
         return data
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedft.errors import ConfigError, EmbedftError
-from embedft.executors import Executor, make_executor
+from embedft.executors import Executor, is_executor, make_executor
 from embedft.files import atomic_write_text, check_output_dir, mark, owner
 from embedft.redact import mask_values
 from embedft.search.config import SearchConfig, resolve_params
@@ -55,7 +55,8 @@ class OptunaSearch:
 
     Args:
         config: the search config (or a dict of one).
-        executor: an :class:`~embedft.executors.Executor`; by default the one ``config.executor`` names.
+        executor: an :class:`~embedft.executors.Executor` (or any object with its interface); by default
+            the one ``config.executor`` names. One without a ``trials_dir`` gets ``OUTPUT_DIR/trials``.
         sampler: an Optuna sampler that replaces the configured one.
         pruner: an Optuna pruner that replaces the configured one.
         trial_fn: the trial function local executors run (``run_trial``).
@@ -81,7 +82,7 @@ class OptunaSearch:
         for name, value, ok, expected in (
             ("sampler", sampler, isinstance(sampler, optuna.samplers.BaseSampler), "an optuna sampler"),
             ("pruner", pruner, isinstance(pruner, optuna.pruners.BasePruner), "an optuna pruner"),
-            ("executor", executor, isinstance(executor, Executor), "an embedft executor (embedft.executors.Executor)"),
+            ("executor", executor, is_executor(executor), "an embedft executor (the interface of embedft.executors.Executor)"),
             ("trial_fn", trial_fn, callable(trial_fn), "a function TrialConfig -> TrialResult"),
             ("progress", progress, isinstance(progress, SearchProgress), "an embedft.search.SearchProgress"),
         ):
@@ -98,6 +99,8 @@ class OptunaSearch:
         self.progress = progress or SearchProgress()
         self.on_trial_end: list[Callable[[TrialResult, Any], None]] = []
         self._executor, self._sampler, self._pruner, self._trial_fn = executor, sampler, pruner, trial_fn
+        if getattr(executor, "trials_dir", "") is None:  # built without one (the older InProcessExecutor(fn) form)
+            executor.trials_dir = self.output_dir / "trials"
 
     def storage_url(self) -> str:
         """The study's storage: the configured URL, or ``journal:OUTPUT_DIR/study.journal``."""
@@ -144,6 +147,7 @@ class OptunaSearch:
         from embedft.data import DatasetBuilder
 
         cfg, out = self.config, self.output_dir
+        self._removed: set[int] = set()  # trials whose folders this run has removed
         data_cfg = cfg.base.data.model_copy(update={"max_train_pairs": None}) if "data.max_train_pairs" in cfg.space else cfg.base.data  # trials cut their own
         built = DatasetBuilder(data_cfg, task=self.task.name).build()  # cheap (no model): its fingerprint is part of the study's
         study = self.load_study()
@@ -242,7 +246,7 @@ class OptunaSearch:
                     told = self._tell(study, running.pop(result.number), result)
                     if heartbeat is not None:
                         heartbeat.discard(result.number)
-                    executor.keep_only(self._kept(study))
+                    self._sweep(study, executor)
                     if told:
                         failures += result.state == "fail"
                         self.progress.update(self._finished(study), cfg.n_trials, best_of(study), result)
@@ -272,12 +276,20 @@ class OptunaSearch:
             heartbeat.discard(trial.number)
         return None
 
-    def _kept(self, study) -> set[int]:
-        """The trials whose folders stay: the best one (with ``keep_best_model``) and every running one."""
+    def _sweep(self, study, executor: Executor) -> None:
+        """Remove the folders of this study's finished trials but the best one (with ``keep_best_model``).
+
+        The executor is told which trials to drop, never which to keep: a folder of another study's
+        trial (or anything else in its trials folder) is never touched. Each trial once per run.
+        """
         from optuna.trial import TrialState
 
         best = best_of(study) if self.config.keep_best_model else None
-        return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))} | ({best[0]} if best else set())
+        finished = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))}
+        drop = sorted(finished - self._removed - ({best[0]} if best else set()))
+        if drop:
+            executor.remove_trials(drop)
+            self._removed.update(drop)
 
     def _tell(self, study, trial, result: TrialResult) -> bool:
         """Tell the study how a trial ended; False (result dropped) when another driver finished it first.
@@ -318,6 +330,16 @@ class OptunaSearch:
         logger.warning("trial %d was failed as stale by another driver (no heartbeat for %ds) and queued again; this result is dropped", result.number, store.grace_period)
         return False
 
+    @staticmethod
+    def _fetch_best(executor: Executor, name: str, local: Path) -> bool:
+        """Copy the best trial's folder next to the study; a failure is a warning (the study and the best config stand)."""
+        try:
+            executor.fetch(name, local)
+            return True
+        except Exception as exc:
+            logger.warning("could not fetch the best trial's model (%s): %s: %s", name, type(exc).__name__, exc)
+            return False
+
     def _finish(self, study, executor: Executor, data_dir: Path) -> SearchResult:
         """Tables, the best config, the best model and its test metrics, plots and ``search_result.json``."""
         from optuna.trial import TrialState
@@ -328,7 +350,7 @@ class OptunaSearch:
         train_seconds = sum(float(t.user_attrs.get("train_seconds") or 0.0) for t in study.get_trials(deepcopy=False))
         result = SearchResult(study_name=cfg.study_name, storage=self.study_storage.display_url(), **counts, trials_csv=csv_path, trials_json=json_path,
                               output_dir=out, train_seconds=train_seconds, gpu_seconds=executor.gpu_seconds)
-        executor.keep_only(self._kept(study))  # a folder left by a driver killed between a tell and its sweep
+        self._sweep(study, executor)  # a folder left by a driver killed between a tell and its sweep
         if best_of(study) is not None:
             best = study.best_trial
             best_cfg = resolve_params(cfg.base, best.params).model_copy(update={"output_dir": str(out / "best-retrained"), "overwrite": False})
@@ -341,7 +363,7 @@ class OptunaSearch:
                 run = best_cfg.model_copy(update={"output_dir": str(out / "best"), "overwrite": True})
                 res = Trainer(run, data=BuiltDataset.load(data_dir)).fit()
                 result.best_model_path, result.best_test, result.base_test = res.model_path, res.after.test, (res.before.test if res.before else {})
-            elif cfg.keep_best_model and executor.fetch(f"{best.number:04d}", out / "best") is not None:
+            elif cfg.keep_best_model and self._fetch_best(executor, f"{best.number:04d}", out / "best"):
                 result.best_model_path = out / "best" / "model"
                 result.best_test, result.base_test = evaluate_on_test(best_cfg, result.best_model_path, data_dir, out)
         result.plots = draw_plots(study, out, self.task.primary_metric, learning_curve="data.max_train_pairs" in cfg.space)
