@@ -21,13 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _quora import machine, minilm_path, quora_subset  # noqa: E402
+from _quora import machine, minilm_path, quora_subset
 
 
 def base_config(source: Path, out: Path, args) -> dict:
     return {
-        "data": {"source": str(source), "cache": False, "max_train_pairs": args.train_pairs,
-                 "splits": {"train": 0.75, "dev": 0.07, "test": 0.18}},
+        "data": {"source": str(source), "cache": False, "max_train_pairs": args.train_pairs, "splits": {"train": 0.75, "dev": 0.07, "test": 0.18}},
         "model": {"base_model": minilm_path()},
         "training": {"epochs": 1, "batch_size": 32, "device": "cpu", "seed": 42, "progress": False},
         "output_dir": str(out),
@@ -57,27 +56,30 @@ def main() -> None:
 
         base = base_config(source, tmp / "unused", args)
         base["training"]["eval_steps"] = args.eval_steps
-        search = OptunaSearch({
-            "base": base,
-            "space": {
-                "training.learning_rate": {"type": "float", "low": 1e-5, "high": 2e-4, "log": True},
-                "training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "CoSENTLoss", "MultipleNegativesRankingLoss"]},
-                "training.batch_size": {"type": "categorical", "choices": [16, 32]},
-                "training.scheduler": {"type": "categorical", "choices": ["linear", "cosine"]},
-                "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            },
-            "n_trials": args.trials,
-            "sampler": {"type": "tpe", "seed": args.seed, "n_startup_trials": 3},
-            "pruner": {"type": "median", "n_startup_trials": 2},
-            "output_dir": str(tmp / "search"),
-        })
+        search = OptunaSearch(
+            {
+                "base": base,
+                "space": {
+                    "training.learning_rate": {"type": "float", "low": 1e-5, "high": 2e-4, "log": True},
+                    "training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "CoSENTLoss", "MultipleNegativesRankingLoss"]},
+                    "training.batch_size": {"type": "categorical", "choices": [16, 32]},
+                    "training.scheduler": {"type": "categorical", "choices": ["linear", "cosine"]},
+                    "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+                },
+                "n_trials": args.trials,
+                "sampler": {"type": "tpe", "seed": args.seed, "n_startup_trials": 3},
+                "pruner": {"type": "median", "n_startup_trials": 2},
+                "output_dir": str(tmp / "search"),
+            }
+        )
         result = search.run()
 
     test_pairs = default.data.splits["test"].pairs
-    print(f"\nQuora subset: {default.data.kept} pairs, group-disjoint splits "
-          f"{default.data.splits['train'].pairs}/{default.data.splits['dev'].pairs}/{test_pairs}; training capped at {args.train_pairs} pairs")
-    print(f"search: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; best trial {result.best_number} "
-          f"(dev AP {result.best_value:.4f}): {result.best_params}")
+    print(
+        f"\nQuora subset: {default.data.kept} pairs, group-disjoint splits "
+        f"{default.data.splits['train'].pairs}/{default.data.splits['dev'].pairs}/{test_pairs}; training capped at {args.train_pairs} pairs"
+    )
+    print(f"search: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; best trial {result.best_number} (dev AP {result.best_value:.4f}): {result.best_params}")
     print(f"{'model':<28} {'test AP':>8} {'test F1':>8} {'ROC-AUC':>8}")
     rows = [("base all-MiniLM-L6-v2", default.before.test), ("default fine-tune", default.after.test), ("searched best (dev-chosen)", result.best_test)]
     for name, m in rows:

@@ -25,14 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _quora import machine, minilm_path, quora_subset  # noqa: E402
+from _quora import machine, minilm_path, quora_subset
 
 
 def search_config(source: Path, out: Path, args, pruner: str) -> dict:
     return {
         "base": {
-            "data": {"source": str(source), "cache": False, "max_train_pairs": args.train_pairs,
-                     "splits": {"train": 0.7, "dev": 0.15, "test": 0.15}},
+            "data": {"source": str(source), "cache": False, "max_train_pairs": args.train_pairs, "splits": {"train": 0.7, "dev": 0.15, "test": 0.15}},
             "model": {"base_model": minilm_path()},
             "training": {"epochs": 1, "batch_size": args.batch_size, "eval_steps": args.eval_steps, "device": "cpu", "seed": 42},
         },
@@ -44,8 +43,7 @@ def search_config(source: Path, out: Path, args, pruner: str) -> dict:
         },
         "n_trials": args.trials,
         "sampler": {"type": "random", "seed": args.seed},
-        "pruner": {"type": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 0,
-                   **({"min_resource": args.eval_steps} if pruner in ("successive_halving", "hyperband") else {})},
+        "pruner": {"type": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 0, **({"min_resource": args.eval_steps} if pruner in ("successive_halving", "hyperband") else {})},
         "output_dir": str(out / pruner),
     }
 
@@ -84,8 +82,7 @@ def main() -> None:
         arms = {name: run_arm(source, Path(tmp), args, name) for name in ("none", args.pruner)}
     arms["pruned"] = arms.pop(args.pruner)
 
-    print(f"\n{args.trials} trials per arm, random sampler seed {args.seed}, {args.train_pairs} training pairs, "
-          f"batch {args.batch_size}, dev AP every {args.eval_steps} steps")
+    print(f"\n{args.trials} trials per arm, random sampler seed {args.seed}, {args.train_pairs} training pairs, batch {args.batch_size}, dev AP every {args.eval_steps} steps")
     print(f"{'trial':>5} {'params':<60} {'unpruned':>10} {'pruned':>16}")
     for a, b in zip(arms["none"]["rows"], arms["pruned"]["rows"], strict=True):
         params = ", ".join(f"{k.split('.')[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in a.items() if k.startswith("param:"))

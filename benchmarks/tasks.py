@@ -32,7 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _quora import machine, minilm_path, quora_subset  # noqa: E402
+from _quora import machine, minilm_path, quora_subset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALL = ["sts", "retrieval", "triplets", "paraphrase-mining", "pair-classification"]
@@ -40,7 +40,6 @@ ALL = ["sts", "retrieval", "triplets", "paraphrase-mining", "pair-classification
 
 def prepare(task: str, scratch: Path, args) -> tuple[str, str, dict]:
     """(source, description, extra data config) for ``task``."""
-    import pandas as pd
 
     if task == "sts":
         return str(DATA / "stsbenchmark" / "stsbenchmark.tsv"), "STS Benchmark", {"score_range": [0, 5]}
@@ -126,8 +125,9 @@ def main() -> None:
     unknown = sorted(set(tasks) - set(ALL))
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; expected among {ALL}")
-    print(f"machine: {machine()}; model: packaged all-MiniLM-L6-v2; train rows <= {args.train_rows}, epochs {args.epochs}, "
-          f"batch {args.batch_size}, lr {args.learning_rate}, seed {args.seed}", flush=True)
+    print(
+        f"machine: {machine()}; model: packaged all-MiniLM-L6-v2; train rows <= {args.train_rows}, epochs {args.epochs}, batch {args.batch_size}, lr {args.learning_rate}, seed {args.seed}", flush=True
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedft-tasks-") as tmp:
         for task in tasks:
@@ -135,11 +135,13 @@ def main() -> None:
             rows.append(row)
             print(f"{task}: {row['metric']} {row['base']:.4f} -> {row['tuned']:.4f} ({row['train_s']:.0f}s training)", flush=True)
     print()
-    print(f"| task | data | loss | train / test rows | test metric | base | fine-tuned | ratio | train s | total s |")
+    print("| task | data | loss | train / test rows | test metric | base | fine-tuned | ratio | train s | total s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['task']} | {r['data']} | {r['loss']} | {r['train']} / {r['test']} | {r['metric']} | {r['base']:.4f} | {r['tuned']:.4f} | "
-              f"{r['tuned'] / r['base']:.3f} | {r['train_s']:.0f} | {r['total_s']:.0f} |")
+        print(
+            f"| {r['task']} | {r['data']} | {r['loss']} | {r['train']} / {r['test']} | {r['metric']} | {r['base']:.4f} | {r['tuned']:.4f} | "
+            f"{r['tuned'] / r['base']:.3f} | {r['train_s']:.0f} | {r['total_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def _commands(prog: str, parser: argparse.ArgumentParser, level: int) -> list[st
         child_prog = f"{prog} {name}"
         if _subparsers(child) is not None:
             lines += [f"{'#' * level} `{child_prog}`", "", helps[name][0].upper() + helps[name][1:] + ":", ""]
-            lines += [f"- `{child_prog} {n}`: {c.help}" for n, c in zip(_subparsers(child).choices, _subparsers(child)._choices_actions)]
+            lines += [f"- `{child_prog} {n}`: {c.help}" for n, c in zip(_subparsers(child).choices, _subparsers(child)._choices_actions, strict=True)]
             lines.append("")
             lines += _commands(child_prog, child, level + 1)
         else:
@@ -121,7 +121,7 @@ def generate() -> str:
     parser = build_parser()
     sub = _subparsers(parser)
     lines = [HEADER, "## Commands", "", "| command | what it does |", "|---|---|"]
-    for name, choice in zip(sub.choices, sub._choices_actions):
+    for name, choice in zip(sub.choices, sub._choices_actions, strict=True):
         lines.append(f"| [`embedft {name}`](#embedft-{name}) | {_cell(choice.help or '')} |")
     lines += ["", "## Global options", "", "These go before the command (`embedft --debug train config.yaml`).", ""]
     lines += ["| option | description |", "|---|---|"]

@@ -19,7 +19,7 @@ _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 def _relink(match: re.Match) -> str:
     text, target = match.groups()
     if target.startswith("docs/"):
-        return f"[{text}]({target[len('docs/'):]})"
+        return f"[{text}]({target[len('docs/') :]})"
     if re.match(r"^(?:[a-z]+:|#)", target):
         return match.group(0)
     return text

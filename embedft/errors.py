@@ -16,6 +16,8 @@ An error is always one line, and each echoed value is capped (the full length is
 
 from __future__ import annotations
 
+from types import ModuleType
+
 __all__ = [
     "EmbedftError",
     "ConfigError",
@@ -126,15 +128,14 @@ class TrainingError(EmbedftError):
         """
         kwargs = f", check training.loss_kwargs ({', '.join(f'{k}={v!r}' for k, v in loss_kwargs.items())})" if loss_kwargs else ""
         return cls(
-            f"training loss is {value} at step {step}; try a lower learning rate, check the data and labels "
-            f"(no NaN, labels in range){kwargs}, or train in fp32 (training.precision: fp32)",
+            f"training loss is {value} at step {step}; try a lower learning rate, check the data and labels (no NaN, labels in range){kwargs}, or train in fp32 (training.precision: fp32)",
             field="training.learning_rate",
             expected="settings that keep the loss finite",
             found=learning_rate,
         )
 
 
-def require(module: str, extra: str | None = None):
+def require(module: str, extra: str | None = None) -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependencyError` naming the install command."""
     import importlib
 

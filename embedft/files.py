@@ -90,7 +90,7 @@ def mark(folder: str | os.PathLike, kind: str, *, complete: bool = False, at: st
 
 def _tree(folder: Path) -> set[str]:
     """Every file and folder under ``folder``, as relative POSIX paths (symlinks not followed)."""
-    found = set()
+    found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder):
         rel = Path(dirpath).relative_to(folder)
         found.update((rel / name).as_posix() for name in [*dirnames, *filenames])
@@ -223,7 +223,7 @@ def check_output_dir(
         raise OutputError(f"cannot use the output path: {exc.strerror or exc}", field=field, expected="a usable folder path", found=shown) from None
 
 
-def _check_output_dir(path, shown: str, *, kind: str, field: str, overwrite: bool, inputs, resume: bool) -> Path:
+def _check_output_dir(path: str | os.PathLike, shown: str, *, kind: str, field: str, overwrite: bool, inputs: Iterable[tuple[str, str | os.PathLike | None]], resume: bool) -> Path:
     if Path(path).expanduser().is_symlink():  # a swap would replace the link, not the folder it points to
         raise OutputError("the output path is a symbolic link", field=field, expected="a real folder path (give the folder the link points to)", found=shown)
     out = _resolved(path)
@@ -330,7 +330,8 @@ def _probe(out: Path, field: str, shown: str) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOSPC: "no space left"}.get(exc.errno, exc.strerror or str(exc))
+        reasons = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOSPC: "no space left"}
+        reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
         raise OutputError(f"cannot write the output folder ({reason})", field=field, expected="a writable location", found=f"{shown} (checked in {where})") from None
 
 

@@ -119,7 +119,7 @@ def position_limit(model: SentenceTransformer) -> int | None:
     for module in model.modules():
         inner = getattr(module, "auto_model", None)
         config = getattr(inner, "config", None)
-        if config is None:
+        if inner is None or config is None:
             continue
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()
@@ -147,7 +147,7 @@ def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> Senten
         logger.warning("trust_remote_code is on: code shipped with %s will run on this machine", cfg.base_model)
     try:
         model = SentenceTransformer(source, device=device, trust_remote_code=cfg.trust_remote_code)
-    except Exception as exc:  # hub/network/format errors come in many types
+    except Exception as exc:  # noqa: BLE001 - hub/network/format errors come in many types
         raise ModelError(
             f"cannot load base model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             field="model.base_model",
@@ -170,10 +170,13 @@ def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> Senten
         torch.manual_seed(seed)
     modules = list(model._modules.values())
     backbone = modules[:-1] if isinstance(modules[-1], Normalize) else modules
-    tail = modules[len(backbone):]
+    tail = modules[len(backbone) :]
     activations = {"tanh": torch.nn.Tanh(), "relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), "identity": torch.nn.Identity()}
+    width = model.get_embedding_dimension()
+    if width is None:  # a custom last module that does not report its size
+        raise ModelError("the base model does not report its embedding size", field="model.dense", expected="a model whose last module reports its output size", found=cfg.base_model)
     dense = Dense(
-        in_features=model.get_embedding_dimension(),
+        in_features=width,
         out_features=cfg.dense.out_features,
         activation_function=activations[cfg.dense.activation],
     )

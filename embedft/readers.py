@@ -65,9 +65,9 @@ def read_guard(path: Path, fmt: str, field: str = "data.source") -> Iterator[Non
         raise DataError(f"{name} is empty", field=field, expected=f"a {fmt} file with a header and rows", found="an empty file") from None
     except (pd.errors.ParserError, ValueError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "an unclosed quote (\") at the start of a field?" if "inside string" in first else None
+        hint = 'an unclosed quote (") at the start of a field?' if "inside string" in first else None
         raise DataError(f"cannot parse {name}: {first}", field=field, expected=f"a well-formed {fmt} file", found=str(path), hint=hint) from None
-    except Exception as exc:  # pyarrow raises its own types for garbled parquet
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for garbled parquet
         raise DataError(f"cannot read {name}: {type(exc).__name__}: {exc}", field=field, expected=f"a readable {fmt} file", found=str(path)) from None
 
 
@@ -101,11 +101,11 @@ def _undecodable_at(path: Path, exc: UnicodeDecodeError) -> str:
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    return f"byte {line[err.start:err.start + 1]!r} at line {lineno}, offset {offset + err.start}"
+                    return f"byte {line[err.start : err.start + 1]!r} at line {lineno}, offset {offset + err.start}"
                 offset += len(line)
-    except Exception:  # noqa: BLE001 - the scan only improves the message
+    except Exception:  # the scan only improves the message
         logger.debug("could not locate the undecodable byte in %s", path, exc_info=True)
-    return f"byte {exc.object[exc.start:exc.start + 1]!r} (position in the file unknown)"
+    return f"byte {exc.object[exc.start : exc.start + 1]!r} (position in the file unknown)"
 
 
 def check_line_lengths(path: Path, limit: int = MAX_LINE_BYTES, field: str = "data.source") -> None:

@@ -48,7 +48,7 @@ def _parse(url: str) -> tuple[Any, list[str]]:
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
-    except Exception:  # not installed, or not a URL SQLAlchemy can read: the caller masks it all
+    except Exception:  # noqa: BLE001 - not installed, or not a URL SQLAlchemy can read: the caller masks it all
         return None, []
     if not (parsed.host and "@" in parsed.host):
         return parsed, []
@@ -146,17 +146,17 @@ def mask_urls(text: str) -> str:
     'see https://example.com/docs'
     """
     global _URL_CANDIDATE
-    if ":/" not in text or "@" not in text and "=" not in text:
+    if ":/" not in text or ("@" not in text and "=" not in text):
         return text
     if _URL_CANDIDATE is None:
         import re
 
         _URL_CANDIDATE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+[^\s'\"<>()\[\]{},;]+")
 
-    def one(match) -> str:
+    def one(match: re.Match[str]) -> str:
         url = match.group(0)
         if "://" not in url:  # e.g. a path mangled to "https:/..." by a Path(): mask any "user:pass@" part
-            head, sep, rest = url.partition(":/")
+            rest = url.partition(":/")[2]
             host = rest.lstrip("/").split("/", 1)[0]
             if "@" in host and ":" in host.split("@", 1)[0]:
                 user = host.split("@", 1)[0].split(":", 1)[0]

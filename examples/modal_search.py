@@ -39,8 +39,10 @@ def main() -> None:
 
         executor = make_executor(cfg)  # the Modal executor: App, Image, Volume and GPU function, built offline
         opts = executor.function_options
-        print(f"app {executor.app.name}: function embedft_trial on GPU {opts['gpu']}, timeout {opts['timeout']}s, "
-              f"max_containers {opts['max_containers']}, retries {cfg.modal.retries}, volume {cfg.modal.volume} at {cfg.modal.mount}")
+        print(
+            f"app {executor.app.name}: function embedft_trial on GPU {opts['gpu']}, timeout {opts['timeout']}s, "
+            f"max_containers {opts['max_containers']}, retries {cfg.modal.retries}, volume {cfg.modal.volume} at {cfg.modal.mount}"
+        )
         print("image: debian_slim + " + " ".join(executor.requirements))
         print(f"{cfg.n_trials} trials over {sorted(cfg.space)}")
         return

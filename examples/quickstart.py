@@ -1,6 +1,6 @@
 """Fine-tune the packaged MiniLM on the shipped duplicate-question sample with the Python API.
 
-    HF_HUB_OFFLINE=1 python examples/quickstart.py [--epochs 2] [--output-dir runs/quickstart]
+HF_HUB_OFFLINE=1 python examples/quickstart.py [--epochs 2] [--output-dir runs/quickstart]
 """
 
 import argparse

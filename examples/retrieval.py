@@ -32,8 +32,9 @@ CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield
 
 def write_sample_beir(folder: Path) -> Path:
     """A small BEIR folder from the shipped duplicate-question sample: a query's relevant documents are its duplicates."""
-    import pandas as pd
     from importlib import resources
+
+    import pandas as pd
 
     pairs = pd.read_csv(resources.files("embedft") / "resources" / "demo_duplicate_questions.tsv", sep="\t")
     duplicates = pairs[pairs["is_duplicate"] == 1]
@@ -48,7 +49,7 @@ def write_sample_beir(folder: Path) -> Path:
         f.writelines(json.dumps({"_id": doc_id[t], "title": "", "text": t}) + "\n" for t in docs)
     with open(folder / "qrels" / "test.tsv", "w", encoding="utf-8") as f:
         f.write("query-id\tcorpus-id\tscore\n")
-        f.writelines(f"{query_id[q]}\t{doc_id[d]}\t1\n" for q, d in zip(duplicates["question1"], duplicates["question2"]) if d in doc_id)
+        f.writelines(f"{query_id[q]}\t{doc_id[d]}\t1\n" for q, d in zip(duplicates["question1"], duplicates["question2"], strict=True) if d in doc_id)
     return folder
 
 

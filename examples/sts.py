@@ -40,8 +40,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default=os.environ.get("EMBEDFT_OUTPUT_DIR", "runs/sts"))
     args = parser.parse_args()
     if not Path(args.data).exists() and args.data == str(STSB):
-        sys.exit(f"{STSB} not found: pass --data with a file of (sentence1, sentence2, score) rows, or a hub id "
-                 "such as sentence-transformers/stsb (its scores are 0-1: add --score-range 0 1)")
+        sys.exit(f"{STSB} not found: pass --data with a file of (sentence1, sentence2, score) rows, or a hub id such as sentence-transformers/stsb (its scores are 0-1: add --score-range 0 1)")
 
     trainer = Trainer(
         task="sts",
@@ -71,7 +70,7 @@ def main() -> None:
     others = ["A person plays an acoustic guitar.", "A man is playing a flute.", "A woman is slicing an onion."]
     similarities = model.similarity(model.encode([anchor]), model.encode(others))[0]
     print(f"\n{anchor}")
-    for text, score in sorted(zip(others, similarities.tolist()), key=lambda x: -x[1]):
+    for text, score in sorted(zip(others, similarities.tolist(), strict=True), key=lambda x: -x[1]):
         print(f"  cosine {score:.3f}  {text}")
 
 

@@ -61,10 +61,7 @@ def test_in_memory_sources_agree(pairs):
 
 
 def test_hf_nested_quora_form():
-    rows = [
-        {"questions": {"id": [2 * i, 2 * i + 1], "text": [f"How do I fix thing {i}?", f"Fixing thing {i}, how?"]}, "is_duplicate": bool(i % 2)}
-        for i in range(30)
-    ]
+    rows = [{"questions": {"id": [2 * i, 2 * i + 1], "text": [f"How do I fix thing {i}?", f"Fixing thing {i}, how?"]}, "is_duplicate": bool(i % 2)} for i in range(30)]
     built = build(pd.DataFrame(rows))
     assert built.report.kept == 30
     assert "id1" in built.train.columns
@@ -300,7 +297,7 @@ def test_outputs_per_loss():
     hard = built.dataset("train", loss="MultipleNegativesRankingLoss", hard_negatives=True)
     assert hard.column_names == ["anchor", "positive", "negative"]
     negatives = built.train[built.train["label"] == 0]
-    labelled = {(a, b) for a, b in zip(negatives["text1"], negatives["text2"])}
+    labelled = set(zip(negatives["text1"], negatives["text2"], strict=True))
     labelled |= {(b, a) for a, b in labelled}
     from_labels = sum((r["anchor"], r["negative"]) in labelled or (r["positive"], r["negative"]) in labelled for r in hard)
     assert from_labels > 0.8 * len(hard)  # the demo data has a hard negative for nearly every positive

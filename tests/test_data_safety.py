@@ -85,7 +85,7 @@ def test_invisible_duplicates_and_self_pairs_are_caught():
         ("café au lait", "TEA TIME\u200b", 1),  # duplicate of the row above
         ("tea time", "\ufeffcafé au lait", 0),  # swapped duplicate, other label
         ("same text", "SAME\u2060 text", 1),  # self pair
-        ("ｆｕｌｌ width", "full width", 0),  # self pair after NFKC
+        ("ｆｕｌｌ width", "full width", 0),  # noqa: RUF001 - self pair after NFKC (fullwidth letters on purpose)
     ]
     r = build(rows).report
     assert (r.dropped_duplicates, r.conflicting_duplicates, r.conflicting_pairs, r.dropped_self_pairs) == (2, 1, 1, 2)
@@ -401,7 +401,7 @@ def test_twelve_rows_build_with_warnings():
     assert any(w.startswith(f"the dev split has {r.splits['dev'].pairs} pairs, fewer than 50") for w in r.warnings)
     assert any(w.startswith("the test split has") for w in r.warnings)
     summary = r.summary().splitlines()
-    assert summary[-len(r.warnings):] == [f"warning: {w}" for w in r.warnings]
+    assert summary[-len(r.warnings) :] == [f"warning: {w}" for w in r.warnings]
     assert json.loads(r.model_dump_json())["warnings"] == r.warnings  # stored with the report (metrics.json embeds it)
 
 

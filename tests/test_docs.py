@@ -142,7 +142,7 @@ def parse_blocks(doc: Path) -> list[Block]:
         body: list[str] = []
         j = i + 1
         while j < len(lines) and not lines[j].strip().startswith(ticks):
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j])
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j])
             j += 1
         block = Block(doc, i + 1, lang.lower(), "\n".join(body) + "\n")
         if marker is not None:
@@ -161,10 +161,7 @@ def _apply_marker(block: Block, text: str, line: int) -> None:
     elif text.startswith("file "):
         block.file = text.split(None, 1)[1].strip()
     else:
-        raise ValueError(
-            f"{block.doc.relative_to(REPO)}:{line}: unknown docs-test marker {text!r}; "
-            'use "skip (reason)", "skip \\"prefix\\" ... (reason)" or "file NAME"'
-        )
+        raise ValueError(f'{block.doc.relative_to(REPO)}:{line}: unknown docs-test marker {text!r}; use "skip (reason)", "skip \\"prefix\\" ... (reason)" or "file NAME"')
 
 
 def shell_steps(block: Block) -> list[Step]:
@@ -291,7 +288,7 @@ class DocSession:
                 try:
                     with self.environment():
                         _run_step(step)
-                except (Exception, pytest.fail.Exception) as exc:  # kept: its own test raises it, later ones fail clearly
+                except (Exception, pytest.fail.Exception) as exc:  # noqa: BLE001 - kept: its own test raises it, later ones fail clearly
                     self.done[index] = exc
                 else:
                     self.done[index] = None
@@ -308,7 +305,7 @@ def _run_step(step: Step) -> None:
     if step.kind == "python":
         # Padded so that tracebacks give the document's own line numbers and lines.
         code = compile("\n" * step.block.line + step.block.source, str(step.block.doc), "exec")
-        exec(code, {"__name__": "__docs__"})
+        exec(code, {"__name__": "__docs__"})  # noqa: S102 - the repository's own docs
         return
     env_patch = pytest.MonkeyPatch()
     try:

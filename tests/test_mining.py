@@ -43,8 +43,9 @@ def test_mined_negatives_come_from_train_and_are_counted(task, model):
 
 def test_mining_in_a_training_run(tiny_model_path, tmp_path):
     rows = make_task_rows("retrieval")
-    result = Trainer(task="retrieval", data=rows, base_model=tiny_model_path, output_dir=str(tmp_path / "run"), cache=False,
-                     mine_hard_negatives={"num_negatives": 1}, max_steps=2, batch_size=8, progress=False).fit(baseline=False)
+    result = Trainer(
+        task="retrieval", data=rows, base_model=tiny_model_path, output_dir=str(tmp_path / "run"), cache=False, mine_hard_negatives={"num_negatives": 1}, max_steps=2, batch_size=8, progress=False
+    ).fit(baseline=False)
     assert result.mining is not None and result.mining.negatives_found > 0
     assert "hard-negative mining" in result.summary()
 

@@ -41,12 +41,7 @@ def test_quickstart_notebook_runs(tiny_model_path, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
 
-    text = "\n".join(
-        out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.outputs
-    )
+    text = "\n".join(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
     assert f"base model: {tiny_model_path}" in text
     assert "leakage check (texts shared between splits) OK" in text
     assert "cosine_ap" in text and "cosine similarity" in text

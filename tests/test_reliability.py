@@ -24,8 +24,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def test_four_workers_on_one_postgres_study(tiny_model_path, tmp_path, postgres_url):
     url = fresh_database(postgres_url, "four_workers")
-    cfg = search_config(tiny_model_path, tmp_path, n_trials=8, workers=4, storage=url,
-                        space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}})
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=8, workers=4, storage=url, space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}})
     result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
     rows = trials(cfg.output_dir)
     assert sorted(r["number"] for r in rows) == list(range(8))  # none lost, none twice

@@ -155,12 +155,14 @@ NON_FINITE = [math.inf, -math.inf, math.nan, "nan", "inf", "1e999"]
 
 
 @pytest.mark.parametrize("value", NON_FINITE, ids=str)
-@pytest.mark.parametrize("override", [{"training": {"learning_rate": 0}}, {"training": {"epochs": 0}}, {"training": {"weight_decay": 0}}, {"data": {"splits": {"dev": 0}}}, {"model": {"max_seq_length": 0}}], ids=_field)
+@pytest.mark.parametrize(
+    "override", [{"training": {"learning_rate": 0}}, {"training": {"epochs": 0}}, {"training": {"weight_decay": 0}}, {"data": {"splits": {"dev": 0}}}, {"model": {"max_seq_length": 0}}], ids=_field
+)
 def test_non_finite_numbers_are_refused(override, value):
     section, inner = next(iter(override.items()))
     key = next(iter(inner))
     data = {section: {key: {next(iter(inner[key])): value}}} if isinstance(inner[key], dict) else {section: {key: value}}
-    with pytest.raises(ConfigError, match="finite|valid integer") as err:  # max_seq_length: an int field
+    with pytest.raises(ConfigError, match=r"finite|valid integer") as err:  # max_seq_length: an int field
         RunConfig.from_dict(data)
     assert err.value.field == _field(override)
 
@@ -291,7 +293,14 @@ def test_cli_never_shows_the_storage_secret(url, tmp_path, monkeypatch, capsys, 
     from embedft.cli import main
 
     (tmp_path / "s.yaml").write_text(
-        json.dumps({"base": {"data": {"source": str(DEMO_DATA), "cache": False}, "training": {"progress": False}}, "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}, "n_trials": 1, "output_dir": "out"})
+        json.dumps(
+            {
+                "base": {"data": {"source": str(DEMO_DATA), "cache": False}, "training": {"progress": False}},
+                "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}},
+                "n_trials": 1,
+                "output_dir": "out",
+            }
+        )
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))

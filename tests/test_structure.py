@@ -53,7 +53,7 @@ def cycles(modules: dict[str, Path]) -> list[list[str]]:
         stack.append(u)
         for v in edges[u]:
             if state.get(v) == 1:
-                found.append([*stack[stack.index(v):], v])
+                found.append([*stack[stack.index(v) :], v])
             elif v not in state:
                 visit(v)
         stack.pop()
@@ -83,9 +83,7 @@ def test_no_hand_written_training_step():
         return [
             node.lineno
             for node in ast.walk(tree)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and (node.func.attr == "backward" or node.func.attr == "step" and "optim" in ast.unparse(node.func.value).lower())
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (node.func.attr == "backward" or (node.func.attr == "step" and "optim" in ast.unparse(node.func.value).lower()))
         ]
 
     assert steps(ast.parse("loss.backward()\noptimizer.step()\nscheduler.step()\n")) == [1, 2]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from embedft import TASKS, ConfigError, DatasetBuilder, Trainer, get_task, register_task
@@ -28,8 +30,12 @@ def test_task_entry_contract(name, tiny_model_path, tmp_path):
         assert type(loss).__name__ == loss_name
         ds = built.dataset("train", loss=loss_name)
         assert len(ds) > 0
-        expected = {"labelled-pairs": {"sentence1", "sentence2", "label"}, "scored-pairs": {"sentence1", "sentence2", "score"},
-                    "triplets": {"anchor", "positive", "negative"}, "positive-pairs": {"anchor", "positive"}}[spec.input_format]
+        expected = {
+            "labelled-pairs": {"sentence1", "sentence2", "label"},
+            "scored-pairs": {"sentence1", "sentence2", "score"},
+            "triplets": {"anchor", "positive", "negative"},
+            "positive-pairs": {"anchor", "positive"},
+        }[spec.input_format]
         assert expected <= set(ds.column_names)
     evaluator = task.evaluator_factory(built.dev, "dev", 16, built.corpus)
     scores = evaluator(model)
@@ -42,8 +48,7 @@ def test_task_entry_contract(name, tiny_model_path, tmp_path):
     tolerance = 0.01 if name == "paraphrase-mining" else 1e-4
     assert report["dev"][task.primary_metric] == pytest.approx(scores[evaluator.primary_metric], abs=tolerance)
 
-    result = Trainer(task=name, data=built, base_model=tiny_model_path, output_dir=str(tmp_path / "run"),
-                     max_steps=3, batch_size=8, learning_rate=1e-3, progress=False).fit()
+    result = Trainer(task=name, data=built, base_model=tiny_model_path, output_dir=str(tmp_path / "run"), max_steps=3, batch_size=8, learning_rate=1e-3, progress=False).fit()
     assert result.train_steps == 3 and result.before is not None
     reloaded = SentenceTransformer(str(result.model_path), device="cpu")
     again = task.evaluate(reloaded, built.dev, built.test, 16, False, built.corpus)
@@ -71,7 +76,7 @@ def test_bad_loss_kwargs_name_the_field(tiny_model_path):
 def test_spec_is_frozen():
     task = get_task("pair-classification")
     assert isinstance(task, TaskSpec)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         task.default_loss = "CoSENTLoss"  # type: ignore[misc]
     with pytest.raises(TypeError):
         task.losses["X"] = None  # type: ignore[index]

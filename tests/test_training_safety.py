@@ -110,7 +110,7 @@ def test_a_registered_factory_is_checked_against_its_own_signature():
 
     spec = LossSpec("Custom", lambda model, scale=1.0, name="x": None, "labelled-pairs", "a test loss")
     assert spec.prepare_kwargs({"scale": 2}) == {"scale": 2.0}
-    with pytest.raises(ConfigError, match="training.loss_kwargs.scale"):
+    with pytest.raises(ConfigError, match=r"training\.loss_kwargs\.scale"):
         spec.prepare_kwargs({"scale": "2"})
     with pytest.raises(ConfigError, match="one of \\['name', 'scale'\\]"):
         spec.prepare_kwargs({"size": 2})
@@ -155,6 +155,18 @@ def test_max_seq_length_past_the_position_embeddings(tiny_model_path):
     assert err.value.field == "model.max_seq_length" and "at most 128" in str(err.value) and "4096" in str(err.value)
     model = load_model(ModelConfig(base_model=tiny_model_path, max_seq_length=128), "cpu")
     assert model.max_seq_length == 128 and position_limit(model) == 128
+
+
+def test_a_dense_head_needs_the_embedding_size(tiny_model_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    from embedft.config import ModelConfig
+    from embedft.modeling import load_model
+
+    monkeypatch.setattr(SentenceTransformer, "get_embedding_dimension", lambda self: None)  # a last module that reports no size
+    with pytest.raises(ModelError) as err:
+        load_model(ModelConfig(base_model=tiny_model_path, dense={"out_features": 16}), "cpu")
+    assert err.value.field == "model.dense" and "embedding size" in str(err.value)
 
 
 def test_position_limit_leaves_out_the_padding_offset():
@@ -209,7 +221,7 @@ def test_a_nan_loss_is_a_training_error_that_says_what_to_try(step, train_kwargs
 
 
 def test_a_nan_loss_from_the_loss_settings_names_them(train_kwargs, tmp_path):
-    with pytest.raises(TrainingError, match="at step 1.*loss_kwargs \\(scale=1e\\+308\\)"):
+    with pytest.raises(TrainingError, match=r"at step 1.*loss_kwargs \(scale=1e\+308\)"):
         Trainer(**train_kwargs, loss="CoSENTLoss", loss_kwargs={"scale": 1e308}).fit(baseline=False)
     assert leftovers(tmp_path) == []
 
@@ -293,9 +305,18 @@ def test_disk_full_while_saving_is_one_error_and_leaves_nothing(where, train_kwa
 
 # ---------------------------------------------------------------------- settings that look odd but are fine
 def test_step_settings_past_the_data_just_work(tiny_model_path, tmp_path):
-    result = Trainer(data=make_task_rows("pair-classification"), base_model=tiny_model_path, output_dir=str(tmp_path / "run"),
-                     cache=False, max_train_pairs=32, batch_size=500, eval_steps=1000, max_steps=2, epochs=3,
-                     progress=False).fit(baseline=False)
+    result = Trainer(
+        data=make_task_rows("pair-classification"),
+        base_model=tiny_model_path,
+        output_dir=str(tmp_path / "run"),
+        cache=False,
+        max_train_pairs=32,
+        batch_size=500,
+        eval_steps=1000,
+        max_steps=2,
+        epochs=3,
+        progress=False,
+    ).fit(baseline=False)
     assert result.train_steps == 2 and result.train_pairs <= 32 and len(result.dev_history) >= 1
 
 

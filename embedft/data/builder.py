@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,7 +45,12 @@ class DatasetBuilder:
 
     def __init__(self, config: DataConfig | dict[str, Any] | None = None, *, task: str = "pair-classification", **overrides: Any) -> None:
         if config is not None and not isinstance(config, (DataConfig, dict)):
-            raise DataError("DatasetBuilder takes a DataConfig or a dict (the data itself goes to build() or source=)", field="config", expected="a DataConfig, a dict or None", found=type(config).__name__)
+            raise DataError(
+                "DatasetBuilder takes a DataConfig or a dict (the data itself goes to build() or source=)",
+                field="config",
+                expected="a DataConfig, a dict or None",
+                found=type(config).__name__,
+            )
         base = config.model_dump() if isinstance(config, DataConfig) else dict(config or {})
         base.update(overrides)
         self.config: DataConfig = validate_config(DataConfig, base, "DatasetBuilder")

@@ -225,7 +225,7 @@ class BuiltDataset:
             report = DataReport.model_validate_json((path / "report.json").read_text(encoding="utf-8"))
             task = (path / "task.txt").read_text(encoding="utf-8").strip()
             corpus = pd.read_parquet(path / "corpus.parquet") if (path / "corpus.parquet").is_file() else None
-        except Exception as exc:  # pyarrow, pydantic and the OS raise their own types for a damaged folder
+        except Exception as exc:  # noqa: BLE001 - pyarrow, pydantic and the OS raise their own types for a damaged folder
             raise DataError(
                 f"cannot read saved splits: {type(exc).__name__}: {exc}",
                 field="data_dir",

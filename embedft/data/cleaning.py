@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Sequence
 from difflib import SequenceMatcher, get_close_matches
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -141,12 +141,12 @@ def map_columns(raw: pd.DataFrame, task: TaskSpec, explicit: dict[str, str]) -> 
         guess = _guess_columns(raw, task, missing, set(mapping.values()))
         pairs = [(r, guess.get(r, "<your column>")) for r in missing]
         cli = " ".join("--set " + shlex.quote(f"data.columns.{r}={c if r in guess else '...'}") for r, c in pairs)
-        aliases = {r: list(task.column_aliases.get(r, (r,))) for r in missing}
-        each = "a column per role, named e.g. " + ", ".join(f"{a[0]!r} ({r})" for r, a in aliases.items()) + ", or an explicit mapping"
+        names = {r: list(task.column_aliases.get(r, (r,))) for r in missing}
+        each = "a column per role, named e.g. " + ", ".join(f"{a[0]!r} ({r})" for r, a in names.items()) + ", or an explicit mapping"
         raise DataError(
             f"no column for {', '.join(repr(r) for r in missing)} (task {task.name})",
             field=f"data.columns.{missing[0]}",
-            expected=f"one of {aliases[missing[0]]} or an explicit mapping" if len(missing) == 1 else each,
+            expected=f"one of {names[missing[0]]} or an explicit mapping" if len(missing) == 1 else each,
             found=f"columns {found}",
             hint=f"map {'it' if len(missing) == 1 else 'them'} explicitly, e.g. columns={{{', '.join(f'{r!r}: {c!r}' for r, c in pairs)}}} (CLI: {cli})",
         )
@@ -270,7 +270,18 @@ def normalise_scores(frame: pd.DataFrame, given: tuple[float, float] | None) -> 
     return frame.assign(label=((values - lo) / (hi - lo)).astype(float)), (float(lo), float(hi)), source
 
 
-def clean_rows(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[str, int]]:
+class DropCounts(TypedDict):
+    """What :func:`clean_rows` dropped or found, by reason: fields of :class:`~embedft.data.DataReport`."""
+
+    dropped_missing_text: int
+    dropped_empty_text: int
+    dropped_self_pairs: int
+    dropped_duplicates: int
+    conflicting_duplicates: int
+    conflicting_pairs: int
+
+
+def clean_rows(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, DropCounts]:
     """The rows worth keeping (texts stripped, labels parsed, ids as :func:`id_key`) and the drop counts of the report.
 
     Rows with a missing or empty text, self-pairs (same text, or same id) and duplicates
@@ -280,7 +291,7 @@ def clean_rows(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[
     """
     import pandas as pd
 
-    counts = dict(dropped_missing_text=0, dropped_empty_text=0, dropped_self_pairs=0, dropped_duplicates=0, conflicting_duplicates=0)
+    counts = DropCounts(dropped_missing_text=0, dropped_empty_text=0, dropped_self_pairs=0, dropped_duplicates=0, conflicting_duplicates=0, conflicting_pairs=0)
     text_cols = list(task.text_columns)
     extra_texts = [c for c in ("negative",) if c in frame.columns and c not in text_cols]
     id_cols = [c for c in task.id_columns.values() if c in frame.columns]
@@ -289,7 +300,7 @@ def clean_rows(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[
     conflicting: set[tuple[str, ...]] = set()
     keep_rows: list[dict[str, Any]] = []
     for row, rec in enumerate(frame.to_dict("records"), start=1):
-        label = None
+        label: float | None = None
         if task.label_type == "binary":
             if is_missing(rec["label"]):
                 raise DataError(f"missing label in row {row}", field="label", expected="0/1, true/false or '0'/'1'", found="an empty value")
@@ -326,7 +337,7 @@ def clean_rows(frame: pd.DataFrame, task: TaskSpec) -> tuple[pd.DataFrame, dict[
         if norms[0] == norms[1] or same_ids:
             counts["dropped_self_pairs"] += 1
             continue
-        negative = norms[2] if "negative" in text_cols else (normalize_text(extras["negative"]) if extras.get("negative") else None)
+        negative = norms[2] if "negative" in text_cols else (normalize_text(extra) if (extra := extras.get("negative")) else None)
         if negative is not None and negative in norms[:2]:
             clash = "positive" if negative == norms[1] else text_cols[0]
             raise DataError(f"negative equals the {clash} in row {row}", field="negative", expected=f"a negative different from the {clash}", found=repr((extras.get("negative") or texts[-1])[:60]))

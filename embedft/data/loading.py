@@ -85,7 +85,8 @@ def load_source(src: Any, task: TaskSpec, config: DataConfig) -> Loaded:
 
 
 def _load_path_or_hub(src: str, config: DataConfig) -> tuple[pd.DataFrame, str]:
-    path, fmt = Path(src).expanduser(), config.format
+    path = Path(src).expanduser()
+    fmt: str = config.format
     looks_local = path.exists() or path.suffix.lower() in (*_SUFFIX_FORMATS, ".gz") or src.startswith((".", "/", "~"))
     if fmt == "hf" or (fmt == "auto" and not looks_local):
         return _load_hub(src, config.hf_config, config.hf_split), f"hf:{src}"
@@ -94,9 +95,10 @@ def _load_path_or_hub(src: str, config: DataConfig) -> tuple[pd.DataFrame, str]:
     if fmt == "auto":
         suffixes = [s.lower() for s in path.suffixes]
         inner = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-        fmt = _SUFFIX_FORMATS.get(inner)
-        if fmt is None:
+        guessed = _SUFFIX_FORMATS.get(inner)
+        if guessed is None:
             raise DataError("cannot tell the file format from its name", field="data.format", expected="csv, tsv, jsonl or parquet (or a matching suffix)", found=path.name)
+        fmt = guessed
     return _read_file(path, fmt), str(path)
 
 
@@ -158,16 +160,15 @@ def _check_swallowed_rows(frame: pd.DataFrame, path: Path, fmt: str, sep: str) -
             broken = values.str.contains("\n|\r", regex=True, na=False)
         except (AttributeError, TypeError):  # no strings in this column
             continue
-        for i in np.flatnonzero(broken.to_numpy(dtype=bool)):
-            if any(line.count(sep) >= need for line in re.split(r"\r\n|\r|\n", values.iloc[i])[1:]):
-                suspects.setdefault(int(i), col)
+        for k in np.flatnonzero(broken.to_numpy(dtype=bool)):
+            if any(line.count(sep) >= need for line in re.split(r"\r\n|\r|\n", values.iloc[k])[1:]):
+                suspects.setdefault(int(k), col)
     i, lines = _first_unclean_record(path, sep, sorted(suspects)) if suspects else (None, None)
     if i is None:
         return
     where = f"lines {lines[0]}-{lines[1]}" if lines else "several lines"
     raise DataError(
-        f"row {i + 1}{f' (line {lines[0]})' if lines else ''} of {path.name} swallowed the rows after it: "
-        f"its {str(suspects[i])!r} field holds line breaks and whole rows",
+        f"row {i + 1}{f' (line {lines[0]})' if lines else ''} of {path.name} swallowed the rows after it: its {str(suspects[i])!r} field holds line breaks and whole rows",
         field="data.source",
         expected=f"a well-formed {fmt} file (one row per line; quotes closed)",
         found=f"{where} read as one row, the field starting {str(frame[suspects[i]].iloc[i])[:40]!r}",
@@ -210,7 +211,7 @@ def _first_unclean_record(path: Path, sep: str, rows: list[int]) -> tuple[int | 
                             return None, None
                     n += 1
                 buffer.clear()
-    except Exception:  # noqa: BLE001 - a file pandas read but the csv module cannot: trust the delimiter count
+    except Exception:  # a file pandas read but the csv module cannot: trust the delimiter count
         logger.debug("could not scan %s for swallowed rows", path, exc_info=True)
         return rows[0], None
     return None, None
@@ -220,7 +221,7 @@ def _load_hub(name: str, config: str | None, split: str) -> pd.DataFrame:
     datasets = require("datasets")
     try:
         ds = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # offline, unknown id, bad split: the hub raises many types
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad split: the hub raises many types
         raise DataError(
             f"cannot load Hugging Face dataset {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             field="data.source",

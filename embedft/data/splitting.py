@@ -83,11 +83,7 @@ def assign_splits(frame: pd.DataFrame, ratios: dict[str, float], seed: int, labe
     where = np.empty(n_comp, dtype=np.int64)
     for c in order:
         frac_pos = pos[c] / size[c]
-        deficit = (
-            (target - cur) / np.maximum(target, 1)
-            + frac_pos * (target_pos - cur_pos) / np.maximum(target_pos, 1)
-            + (1 - frac_pos) * (target_neg - (cur - cur_pos)) / np.maximum(target_neg, 1)
-        )
+        deficit = (target - cur) / np.maximum(target, 1) + frac_pos * (target_pos - cur_pos) / np.maximum(target_pos, 1) + (1 - frac_pos) * (target_neg - (cur - cur_pos)) / np.maximum(target_neg, 1)
         s = where[c] = int(np.argmax(deficit))
         cur[s] += size[c]
         cur_pos[s] += pos[c]
@@ -122,7 +118,7 @@ def stratified_cap(frame: pd.DataFrame, cap: int, seed: int, task: TaskSpec) -> 
     """``cap`` rows of ``frame`` drawn with a seed, keeping the share of :func:`balance_key`."""
     rng = np.random.default_rng(seed)
     labels = balance_key(frame, task)
-    n_pos = int(round(cap * labels.mean()))
+    n_pos = round(cap * float(labels.mean()))
     chosen = []
     for value, n in ((1, n_pos), (0, cap - n_pos)):
         idx = np.flatnonzero(labels == value)
@@ -147,7 +143,7 @@ def reused_ids(frame: pd.DataFrame, task: TaskSpec) -> str | None:
     reused = {i: len(t) for i, t in texts.items() if len(t) > 1}
     if not reused:
         return None
-    worst = max(reused, key=reused.get)
+    worst = max(reused, key=reused.__getitem__)
     return f"{len(reused)} id(s) name more than one different text (id {worst!r} names {reused[worst]})"
 
 
@@ -177,8 +173,7 @@ def data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_p
             if len(labels) == 1:
                 out.append(
                     f"the {name} split has only {'positive (1)' if labels == {1} else 'negative (0)'} pairs: losses that contrast "
-                    "positives with labelled negatives (OnlineContrastiveLoss, ContrastiveLoss) have nothing to compare"
-                    + ("" if name == "train" else "; its classification metrics are meaningless")
+                    "positives with labelled negatives (OnlineContrastiveLoss, ContrastiveLoss) have nothing to compare" + ("" if name == "train" else "; its classification metrics are meaningless")
                 )
         if kept and conflicting_pairs / kept > MAX_CONFLICT_SHARE:
             out.append(
@@ -197,8 +192,7 @@ def data_warnings(frames: dict[str, pd.DataFrame], task: TaskSpec, conflicting_p
         if frames["train"]["label"].nunique() < 2:
             out.append("every score in the train split is the same: a similarity loss has nothing to learn from")
         out.extend(
-            f"the {name} split's gold scores take only 2 values: Spearman correlation then only says how well "
-            "the model separates two classes (consider task pair-classification, which reports AP)"
+            f"the {name} split's gold scores take only 2 values: Spearman correlation then only says how well the model separates two classes (consider task pair-classification, which reports AP)"
             for name in ("dev", "test")
             if frames[name]["label"].nunique() == 2
         )
