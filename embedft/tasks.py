@@ -70,7 +70,7 @@ class LossSpec:
             from sentence_transformers.sentence_transformer import losses
 
             target = getattr(losses, target)
-        function = target.__init__ if isinstance(target, type) else (target or self.factory)
+        function = target.__init__ if isinstance(target, type) else (target or self.factory)  # type: ignore[misc]  # the class's own __init__: its signature is what a config may pass
         params = list(inspect.signature(function).parameters.values())
         if params and params[0].name == "self":
             params = params[1:]
@@ -94,7 +94,7 @@ class LossSpec:
         """
         return _prepare_loss_kwargs(self, dict(kwargs))
 
-    def build(self, model: SentenceTransformer, *, guide: Any = None, **kwargs: Any):
+    def build(self, model: SentenceTransformer, *, guide: Any = None, **kwargs: Any) -> Any:
         """Instantiate the loss for ``model``; ``kwargs`` (checked by :meth:`prepare_kwargs`) go to the loss constructor."""
         kwargs = self.prepare_kwargs(kwargs)
         if self.needs_guide:
@@ -167,7 +167,7 @@ class TaskSpec:
 def _st_loss(class_name: str) -> Callable[..., Any]:
     """A factory ``(model, **kwargs) -> loss`` for a sentence-transformers loss, imported when called."""
 
-    def factory(model, **kw):
+    def factory(model: SentenceTransformer, **kw: Any) -> Any:
         from sentence_transformers.sentence_transformer import losses
 
         return getattr(losses, class_name)(model, **kw)
@@ -177,7 +177,7 @@ def _st_loss(class_name: str) -> Callable[..., Any]:
     return factory
 
 
-def _gist(model, guide=None, **kw):
+def _gist(model: SentenceTransformer, guide: Any = None, **kw: Any) -> Any:
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
 
     if guide is None:
@@ -377,7 +377,7 @@ _triplet = _st_loss("TripletLoss")
 
 
 # ------------------------------------------------------------------ evaluators (training-time)
-def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
 
     return BinaryClassificationEvaluator(
@@ -391,7 +391,7 @@ def _pair_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.Da
     )
 
 
-def _sts_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+def _sts_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     return EmbeddingSimilarityEvaluator(
@@ -400,7 +400,7 @@ def _sts_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.Dat
     )
 
 
-def _triplet_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+def _triplet_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator
 
     return TripletEvaluator(
@@ -409,7 +409,7 @@ def _triplet_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd
     )
 
 
-def _retrieval_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+def _retrieval_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     if corpus is None:  # pragma: no cover - built datasets of this task always carry one
@@ -426,13 +426,13 @@ def _retrieval_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: 
     )
 
 
-def _cos_sim():
+def _cos_sim() -> Any:
     from sentence_transformers.util import cos_sim
 
     return cos_sim
 
 
-def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None):
+def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.DataFrame | None = None) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator
 
     texts = list(dict.fromkeys([*dev["text1"], *dev["text2"]]))
@@ -449,7 +449,7 @@ def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.
 def _metrics(function_name: str, uses_corpus: bool = False) -> Callable[..., dict[str, dict[str, float]]]:
     """``evaluate(model, dev, test, batch_size, show_progress, corpus)`` calling ``embedft.metrics.<function_name>``."""
 
-    def evaluate(model, dev, test, batch_size: int, show_progress: bool = False, corpus=None):
+    def evaluate(model: Any, dev: pd.DataFrame, test: pd.DataFrame | None, batch_size: int, show_progress: bool = False, corpus: pd.DataFrame | None = None) -> dict[str, dict[str, float]]:
         from embedft import metrics
 
         extra = (corpus,) if uses_corpus else ()
