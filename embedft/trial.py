@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -69,10 +69,10 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
 
     t0 = time.perf_counter()
     intermediate: list[tuple[int, float]] = []
-    primary = None
+    primary: str | None = None  # known once the trainer is built
 
     def hook(step: int, metrics: dict[str, float]) -> bool:
-        value = metrics.get(primary)
+        value = metrics.get(primary) if primary is not None else None
         if value is None:
             return False
         intermediate.append((step, float(value)))
@@ -80,7 +80,7 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
             raise _Pruned(step)
         return False
 
-    def ended(state: str, **fields) -> TrialResult:
+    def ended(state: Literal["complete", "pruned", "fail"], **fields: Any) -> TrialResult:
         return TrialResult(number=config.number, state=state, intermediate=intermediate, seconds=time.perf_counter() - t0, **fields)
 
     try:
@@ -88,10 +88,11 @@ def run_trial(config: TrialConfig, report: Report | None = None) -> TrialResult:
         primary = trainer.task.primary_metric
         result = trainer.fit(baseline=config.baseline, evaluate_test=config.evaluate_test)
         full = result.model_dump(mode="json") if config.baseline or config.evaluate_test else None
-        return ended("complete", value=result.after.dev_score, dev=result.after.dev, train_seconds=result.train_seconds, train_steps=result.train_steps, model_path=str(result.model_path), train_result=full)
+        after = result.after
+        return ended("complete", value=after.dev_score, dev=after.dev, train_seconds=result.train_seconds, train_steps=result.train_steps, model_path=str(result.model_path), train_result=full)
     except _Pruned as pruned:
         return ended("pruned", value=intermediate[-1][1] if intermediate else None, train_steps=int(pruned.args[0]))
-    except Exception as exc:  # a failed trial is a result, never a crash of the search
+    except Exception as exc:  # noqa: BLE001 - a failed trial is a result, never a crash of the search
         logger.warning("trial %d failed: %s: %s", config.number, type(exc).__name__, exc)
         return ended("fail", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}")
     finally:

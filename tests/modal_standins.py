@@ -141,7 +141,7 @@ class LocalCall:
                     return
                 except Preempted as exc:
                     self._error = exc
-                except BaseException as exc:  # an exception in the function body: no retry here
+                except BaseException as exc:  # noqa: BLE001 - an exception in the function body (SystemExit too, as Modal reports it): no retry here
                     self._error = exc
                     return
 

@@ -16,9 +16,10 @@ from test_search import search_config, trials
 
 pytest.importorskip("modal", reason="the Modal executor needs embedft[modal]")
 
-from embedft.executors import RemoteTrialError, run_once  # noqa: E402
-from embedft.executors.modal import ModalExecutor  # noqa: E402
-from modal_standins import LocalVolume, OfflineModal  # noqa: E402
+from embedft.executors import RemoteTrialError, run_once
+from embedft.executors.modal import ModalExecutor
+
+from modal_standins import LocalVolume, OfflineModal
 
 
 def test_import_works_without_modal_and_the_executor_names_the_install(tmp_path):
@@ -60,14 +61,16 @@ def test_executor_objects_carry_the_config():
     assert all("+" not in r for r in backend.requirements)
     assert ModalExecutor(ModalConfig(retries=0)).function_options["retries"] is None
     assert backend.max_parallel == 3 and backend.trial_dir("0007") == "/vol/runs/embedft/trials/0007"
+    with pytest.raises(RemoteTrialError, match="not running"):  # before start(): a clear error, not an AttributeError
+        backend.wait(lambda *_: False)
 
 
 def test_modal_config_errors_name_the_field():
     with pytest.raises(Exception, match="mount"):
         SearchConfig.from_dict({"modal": {"mount": "vol"}})
-    with pytest.raises(Exception, match="modal.max_containers"):
+    with pytest.raises(Exception, match=r"modal\.max_containers"):
         SearchConfig.from_dict({"modal": {"max_containers": 0}})
-    with pytest.raises(Exception, match="modal.gpuu"):
+    with pytest.raises(Exception, match=r"modal\.gpuu"):
         SearchConfig.from_dict({"modal": {"gpuu": "L4"}})
 
 
@@ -180,11 +183,10 @@ def test_remote_training_run(tiny_model_path, tmp_path):
 
 def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, capsys):
     import yaml
+    from test_cli import write_config
 
     import embedft.executors.modal as em
     from embedft.cli import main
-
-    from test_cli import write_config
 
     made = []
 
@@ -227,7 +229,9 @@ def test_a_search_removes_only_its_own_trial_folders_on_the_volume(tiny_model_pa
     from embedft.executors import make_executor
 
     # Each study gets its own Volume folder, stable across reruns (storage and study name).
-    folder = lambda **kw: make_executor(SearchConfig(executor="modal", output_dir=str(tmp_path / "s"), **kw)).trials_dir  # noqa: E731
+    def folder(**kw):
+        return make_executor(SearchConfig(executor="modal", output_dir=str(tmp_path / "s"), **kw)).trials_dir
+
     assert folder() == folder() != folder(study_name="other") and folder() != folder(storage="sqlite:///x.db")
     assert folder().as_posix().startswith("runs/embedft-") and folder().name == "trials"
     # Within one folder, the sweep drops only this study's finished trials that lost.

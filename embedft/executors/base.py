@@ -63,6 +63,8 @@ class Executor:
 
     def trial_dir(self, name: str) -> str:
         """Where the trial folder ``name`` lives, as its trial sees it."""
+        if self.trials_dir is None:
+            raise ConfigError("the executor has no trials_dir", field="executor", expected="a trials_dir (a search sets OUTPUT_DIR/trials)", found="trials_dir=None")
         return str(self.trials_dir / name)
 
     def trial(self, number: int, params: dict[str, Any], run: RunConfig, *, name: str | None = None, **flags: bool) -> TrialConfig:

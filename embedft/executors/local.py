@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from embedft.executors.base import Executor, OnReport
-from embedft.trial import TrialConfig, TrialResult, run_trial
+from embedft.trial import Report, TrialConfig, TrialResult, run_trial
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "TrialFn"]
 
@@ -27,11 +27,11 @@ TrialFn = Callable[..., TrialResult]
 """The function an executor runs per trial: ``trial_fn(TrialConfig, report) -> TrialResult`` (:func:`run_trial`)."""
 
 
-def _guarded(trial_fn: TrialFn, config: TrialConfig, report) -> TrialResult:
+def _guarded(trial_fn: TrialFn, config: TrialConfig, report: Report) -> TrialResult:
     """Run ``trial_fn``; an exception it lets through becomes a failed result."""
     try:
         return trial_fn(config, report)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed trial is a result, never a crash of the search
         return TrialResult(number=config.number, state="fail", error=f"{type(exc).__name__}: {exc}")
 
 
@@ -59,7 +59,7 @@ class InProcessExecutor(Executor):
         self._pending.clear()
 
 
-def _worker_main(conn, trial_fn: TrialFn, threads: int, gpu: str | None, decision_timeout: float) -> None:
+def _worker_main(conn: mp_connection.Connection, trial_fn: TrialFn, threads: int, gpu: str | None, decision_timeout: float) -> None:
     """A worker process: takes trial configs over its pipe, runs them, sends reports and results back.
 
     Each worker has its own duplex pipe, written synchronously: a worker that dies can lose

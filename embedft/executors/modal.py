@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -104,6 +104,9 @@ class ModalExecutor(Executor):
     ``volume`` replaces only the handle used for I/O from here (tests pass a local stand-in).
     """
 
+    trials_dir: Path  # always set: a folder on the Volume
+    gpu_seconds: float = 0.0  # billed time of this executor's calls, always known
+
     def __init__(self, config: ModalConfig | dict[str, Any] | None = None, *, trials_dir: str = "runs/embedft/trials", volume: Any = None) -> None:
         super().__init__(trials_dir)
         self.config = cfg = config if isinstance(config, ModalConfig) else ModalConfig(**(config or {}))
@@ -132,7 +135,6 @@ class ModalExecutor(Executor):
         }
         self.trial_function = self.app.function(**self.function_options)(remote_trial)
         self.max_parallel = cfg.max_containers
-        self.gpu_seconds = 0.0
         self._calls: dict[int, tuple[Any, float]] = {}
         self._stack: contextlib.ExitStack | None = None
         self._getter: ThreadPoolExecutor | None = None
@@ -154,7 +156,7 @@ class ModalExecutor(Executor):
     def _upload_once(self, local_dir: str | Path, rel: str, marker: str) -> None:
         try:
             present = {PurePosixPath(e.path).name for e in self.volume.listdir(rel)}
-        except Exception:  # NotFoundError: not uploaded yet
+        except Exception:  # noqa: BLE001 - NotFoundError: not uploaded yet (any other failure shows in the upload below)
             present = set()
         if marker in present:
             return
@@ -221,7 +223,7 @@ class ModalExecutor(Executor):
                 self.volume.remove_file(f"{rel}/{number:04d}", recursive=True)
             except (FileNotFoundError, modal.exception.NotFoundError):
                 continue  # never written (a failed or pruned trial), or removed already
-            except Exception as exc:  # a lost connection is never worth failing the search
+            except Exception as exc:  # noqa: BLE001 - a lost connection is never worth failing the search
                 logger.warning("could not remove losing trial folders from the volume: %s", exc)
                 return
 
@@ -238,7 +240,7 @@ class ModalExecutor(Executor):
         logger.info("trial folders on volume %s: %s", self.config.volume, self._rel(self.trials_dir.as_posix()))
         self.connect()
 
-    def _connect(self, stack: contextlib.ExitStack):
+    def _connect(self, stack: contextlib.ExitStack) -> tuple[Callable[..., Any], Any, Any]:
         """Start the app and the ephemeral channels: the network boundary. Returns (spawn, reports, decisions)."""
         stack.enter_context(self.app.run())
         reports = stack.enter_context(modal.Queue.ephemeral())
@@ -268,6 +270,8 @@ class ModalExecutor(Executor):
         A call's result is read on a helper thread: whatever it raises, a ``BaseException`` such
         as a remote ``SystemExit`` included, is the trial's outcome, while a Ctrl-C here (it
         reaches only the main thread) still stops the search."""
+        if self._getter is None:
+            raise RemoteTrialError("the Modal app is not running", field="executor", expected="executor.start(data_dir) before wait()", found=self.config.app_name)
         results: list[TrialResult] = []
         deadline = time.monotonic() + timeout
         while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,6 +20,9 @@ from embedft.errors import ConfigError
 from embedft.files import atomic_write_text
 from embedft.redact import mask_values, redact_url, url_problem
 from embedft.tasks import get_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
 
 __all__ = ["FloatParam", "IntParam", "CategoricalParam", "Param", "SamplerConfig", "PrunerConfig", "SearchConfig", "resolve_params"]
 
@@ -45,7 +48,7 @@ class FloatParam(StrictModel):
             raise ValueError("step and log cannot be used together")
         return self
 
-    def suggest(self, trial, name: str):
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
         """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
@@ -71,7 +74,7 @@ class IntParam(StrictModel):
             raise ValueError("a log int range needs low > 0 and step 1")
         return self
 
-    def suggest(self, trial, name: str):
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
         """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
@@ -88,9 +91,9 @@ class CategoricalParam(StrictModel):
     """One of ``choices`` (None, bool, int, float or str)."""
 
     type: Literal["categorical"]
-    choices: list[None | bool | int | float | str] = Field(..., min_length=1)
+    choices: list[bool | int | float | str | None] = Field(..., min_length=1)
 
-    def suggest(self, trial, name: str):
+    def suggest(self, trial: optuna.Trial, name: str) -> bool | int | float | str | None:
         """Sample a value for ``name`` from an Optuna trial."""
         return trial.suggest_categorical(name, self.choices)
 
@@ -99,7 +102,7 @@ class CategoricalParam(StrictModel):
         return list(self.choices)
 
 
-Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
 class SamplerConfig(StrictModel):
@@ -186,8 +189,7 @@ class SearchConfig(ConfigBase):
     @field_validator("storage")
     @classmethod
     def _readable_storage(cls, value: str | None) -> str | None:
-        problem = url_problem(value) if value else None
-        if problem:  # refused before any driver sees it (one would echo pieces of the password)
+        if value and (problem := url_problem(value)):  # refused before any driver sees it (one would echo pieces of the password)
             raise ConfigError(f"the storage URL cannot be used: {problem}", expected="a database URL SQLAlchemy reads as written", found=redact_url(value))
         return value
 

@@ -16,13 +16,21 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from embedft.errors import ConfigError
 from embedft.redact import redact_url, scrub
 from embedft.search.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, SearchConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.storages import BaseStorage, RDBStorage
+    from optuna.trial import FrozenTrial, TrialState
+
+    from embedft.tasks import TaskSpec
 
 __all__ = ["StudyStorage", "Heartbeat", "driver_id", "make_sampler", "make_pruner", "grid_exhausted", "is_surplus", "best_of", "study_fingerprint", "check_fingerprint"]
 
@@ -46,7 +54,7 @@ class StudyStorage:
     def __init__(self, config: SearchConfig, output_dir: Path, heartbeat_interval: int, grace_period: int) -> None:
         self.url, self.study_name, self.output_dir = config.storage, config.study_name, output_dir
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-        self.storage: Any = None
+        self._storage: BaseStorage | None = None
         self._study_id: int | None = None
         self._trial_ids: dict[int, int] = {}
 
@@ -55,25 +63,32 @@ class StudyStorage:
         """Whether the storage records heartbeats (RDB storages), so several drivers can share the study."""
         return bool(self.url)
 
+    @property
+    def storage(self) -> BaseStorage:
+        """The Optuna storage :meth:`open` created."""
+        if self._storage is None:
+            raise RuntimeError("the study storage is not open: call open() first")
+        return self._storage
+
     def display_url(self) -> str:
         """The storage URL (``journal:PATH`` by default) with any password masked."""
         return redact_url(self.url or f"journal:{self.output_dir / 'study.journal'}")
 
-    def open(self, sampler, pruner, direction: str):
+    def open(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, direction: Literal["minimize", "maximize"]) -> optuna.Study:
         """Create the storage and create or load the study in it; errors name the storage, never its secrets."""
         import optuna
 
         found = redact_url(self.url) if self.url else "journal"
         try:
-            self.storage, self._study_id, self._trial_ids = self._make_storage(), None, {}
-            return optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
+            self._storage, self._study_id, self._trial_ids = self._make_storage(), None, {}
+            return optuna.create_study(study_name=self.study_name, storage=self._storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
         except ValueError as exc:
             raise ConfigError(f"cannot open the study: {scrub(str(exc), self.url or '')}", field="storage", expected="a study with the same direction", found=found) from None
-        except Exception as exc:  # a database that cannot be reached; its message is scrubbed of the URL's secrets
+        except Exception as exc:  # noqa: BLE001 - a database that cannot be reached; its message is scrubbed of the URL's secrets
             first = (scrub(str(exc), self.url or "").splitlines() or [""])[0]
             raise ConfigError(f"cannot open the study storage: {type(exc).__name__}: {first}", field="storage", expected="a reachable Optuna storage", found=found) from None
 
-    def _make_storage(self):
+    def _make_storage(self) -> BaseStorage:
         import inspect
 
         import optuna
@@ -91,17 +106,20 @@ class StudyStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             requeue = retry(max_retry=3)
 
-            def callback(study, trial) -> None:  # a stale trial: Optuna's retry callback queues it again
+            def callback(study: optuna.Study, trial: FrozenTrial) -> None:  # a stale trial: Optuna's retry callback queues it again
                 requeue(study, trial)
                 logger.warning("trial %d was interrupted (its driver stopped recording heartbeats); marked failed and queued again", trial.number)
 
-            for attempt in range(4):
+            callbacks: dict[str, Any] = {key: callback}
+            attempt = 0
+            while True:
                 try:
-                    return RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, **{key: callback})
+                    return RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, **callbacks)
                 except Exception as exc:  # drivers creating a new database's tables at once: the losers retry
                     if attempt == 3 or not (isinstance(exc, (IntegrityError, ProgrammingError)) or "already exists" in str(exc)):
                         raise
-                    time.sleep(0.2 * (attempt + 1))
+                    attempt += 1
+                    time.sleep(0.2 * attempt)
 
     def trial_id(self, number: int) -> int:
         """The storage's id of trial ``number``, through the storage's public API (a Trial keeps its id private)."""
@@ -123,9 +141,11 @@ class StudyStorage:
 
     def heartbeat(self) -> Heartbeat | None:
         """A heartbeat thread for this driver's trials (RDB storages), else None."""
-        return Heartbeat(self.storage, self.heartbeat_interval) if self.shared else None
+        from optuna.storages import RDBStorage
 
-    def recover(self, study) -> None:
+        return Heartbeat(self.storage, self.heartbeat_interval) if isinstance(self.storage, RDBStorage) else None
+
+    def recover(self, study: optuna.Study) -> None:
         """Fail the trials whose driver died, and queue their parameters again.
 
         With an RDB storage a running trial is stale only when its driver's heartbeat stopped
@@ -151,7 +171,7 @@ class StudyStorage:
         for t in stale:
             self._interrupt(study, t, reason)
 
-    def _interrupt(self, study, t, reason: str) -> None:
+    def _interrupt(self, study: optuna.Study, t: FrozenTrial, reason: str) -> None:
         """Fail the stale trial ``t`` with ``reason`` and queue its parameters again (public storage API)."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
@@ -190,7 +210,8 @@ class StudyStorage:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown host:pid"
-                hint = "Give each driver of a shared study its own output_dir" if self.shared else "Wait for it or stop it; several drivers can share a study in an RDB storage (sqlite, PostgreSQL), each with its own output_dir"
+                share = "several drivers can share a study in an RDB storage (sqlite, PostgreSQL), each with its own output_dir"
+                hint = "Give each driver of a shared study its own output_dir" if self.shared else f"Wait for it or stop it; {share}"
                 where = "in this output folder" if self.shared else "on this study"
                 raise ConfigError(f"another embedft search (driver {holder}) is running {where}", field="output_dir", found=str(self.output_dir), hint=hint) from None
             os.ftruncate(fd, 0)
@@ -207,7 +228,7 @@ class Heartbeat:
     The heartbeats stop when the driver process dies, and then the trial is stale.
     """
 
-    def __init__(self, storage, interval: int) -> None:
+    def __init__(self, storage: RDBStorage, interval: int) -> None:
         self._storage, self._interval = storage, interval
         self._ids: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -241,12 +262,12 @@ class Heartbeat:
     def _beat(self, trial_id: int) -> None:
         try:
             self._storage.record_heartbeat(trial_id)
-        except Exception as exc:  # a lost connection: the next beat retries; the trial stays alive for grace_period
+        except Exception as exc:  # noqa: BLE001 - a lost connection: the next beat retries; the trial stays alive for grace_period
             logger.warning("could not record a heartbeat (%s); retrying", type(exc).__name__)
 
 
 # ---------------------------------------------------------------------- samplers and pruners
-def make_sampler(config: SamplerConfig, space: dict[str, Any]):
+def make_sampler(config: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler (the grid one over every parameter's grid)."""
     import optuna
 
@@ -257,7 +278,7 @@ def make_sampler(config: SamplerConfig, space: dict[str, Any]):
     return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.n_startup_trials)
 
 
-def make_pruner(p: PrunerConfig):
+def make_pruner(p: PrunerConfig) -> optuna.pruners.BasePruner:
     """The configured Optuna pruner."""
     import optuna
 
@@ -272,7 +293,7 @@ def make_pruner(p: PrunerConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def _grid_sampler(search_space: dict[str, list], seed: int | None):
+def _grid_sampler(search_space: dict[str, list], seed: int | None) -> optuna.samplers.GridSampler:
     """Optuna's ``GridSampler`` for ask/tell: it never calls ``study.stop()``.
 
     ``GridSampler.after_trial`` stops the study once the last grid point is told, and
@@ -282,13 +303,13 @@ def _grid_sampler(search_space: dict[str, list], seed: int | None):
     import optuna
 
     class AskTellGridSampler(optuna.samplers.GridSampler):
-        def after_trial(self, study, trial, state, values) -> None:
+        def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
             """Nothing to do: the driver stops asking when the grid is exhausted."""
 
     return AskTellGridSampler(search_space, seed=seed)
 
 
-def grid_exhausted(study) -> bool:
+def grid_exhausted(study: optuna.Study) -> bool:
     """Whether the study's grid sampler has tried every grid point and no trial is queued."""
     import optuna
     from optuna.trial import TrialState
@@ -299,7 +320,7 @@ def grid_exhausted(study) -> bool:
     return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
-def is_surplus(study, number: int, n_trials: int) -> bool:
+def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     """Whether trial ``number`` is one too many: ``n_trials`` trials that count come before it.
 
     Drivers that ask at the same moment each see room for one more trial; ranking the
@@ -312,13 +333,13 @@ def is_surplus(study, number: int, n_trials: int) -> bool:
     return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states)) >= n_trials
 
 
-def best_of(study) -> tuple[int, float] | None:
+def best_of(study: optuna.Study) -> tuple[int, float] | None:
     """``(number, value)`` of the study's best trial, or None before one completed."""
     try:
         t = study.best_trial
     except ValueError:
         return None
-    return t.number, t.value
+    return (t.number, t.value) if t.value is not None else None  # a complete trial always has a value
 
 
 # ---------------------------------------------------------------------- fingerprints
@@ -326,7 +347,7 @@ def best_of(study) -> tuple[int, float] | None:
 _NEUTRAL_BASE = ("output_dir", "overwrite", "training.progress", "training.device", "training.eval_batch_size")
 
 
-def study_fingerprint(config: SearchConfig, task, data_fingerprint: str) -> dict[str, Any]:
+def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: str) -> dict[str, Any]:
     """What defines a search's study: task, primary metric and direction, data, search space and base settings.
 
     Stored in the study (user attribute ``embedft_fingerprint``); a rerun on the same study
@@ -337,6 +358,7 @@ def study_fingerprint(config: SearchConfig, task, data_fingerprint: str) -> dict
 
     space = {}
     for key, p in sorted(config.space.items()):
+        dist: BaseDistribution
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna adjusts a high bound to the step, with a warning
             if isinstance(p, FloatParam):
@@ -384,7 +406,7 @@ def _base_settings(config: SearchConfig) -> dict[str, Any]:
     return {k: v for k, v in sorted(flat.items()) if k not in _NEUTRAL_BASE and not any(k.split("@")[0] == s or k.startswith(s + ".") for s in searched)}
 
 
-def check_fingerprint(study, mine: dict[str, Any], where: str) -> None:
+def check_fingerprint(study: optuna.Study, mine: dict[str, Any], where: str) -> None:
     """Refuse a study made for another search (task, data, space or base settings); record ``mine`` on a new one.
 
     ``where`` names the study in the error (``'embedft' in journal:runs/search/study.journal``).
@@ -395,7 +417,7 @@ def check_fingerprint(study, mine: dict[str, Any], where: str) -> None:
             study.set_user_attr("embedft_fingerprint", mine)
             return
         theirs = {**mine, "task": "(unknown)", "metric": "(unknown)", "direction": study.direction.name.lower()}
-    differ = []
+    differ: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
     if any(theirs.get(k) != mine[k] for k in ("task", "metric", "direction")):
         differ.append(("task", lambda fp: f"task {fp.get('task')} ({fp.get('metric')}, {fp.get('direction')})"))
     if theirs.get("data") != mine["data"]:
