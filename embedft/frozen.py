@@ -27,8 +27,9 @@ the columns the loss expects, e.g. ``sentence1, sentence2, label``)::
     model = load_model(ModelConfig(dense={"out_features": 256}, freeze_backbone=True), "cpu", seed=0)
     fast = cached_model(model, EmbeddingCache.for_model(model))   # ~/.cache/embedft/embeddings/<backbone key>/
     loss = get_task("pair-classification").loss(None).build(fast)
-    SentenceTransformerTrainer(model=fast, train_dataset=train_ds, loss=loss).train()
-    model.save("runs/head/model")                                 # a normal SentenceTransformer folder
+    fast[0].add([*train_ds["sentence1"], *train_ds["sentence2"]])  # optional: every text in one cache look-up
+    SentenceTransformerTrainer(model=fast, train_dataset=train_ds, loss=loss).train()  # its checkpoints hold model
+    model.save("runs/head/model")   # a normal SentenceTransformer folder with the trained head (fast.save does the same)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -96,8 +98,12 @@ def split_backbone(model: SentenceTransformer) -> tuple[list[torch.nn.Module], l
         expected = "a backbone followed by a trainable Dense head (model.dense.out_features), optionally then Normalize"
         raise ConfigError("the model has no trainable head on top of its backbone", field="model.dense", expected=expected, found=chain)
     if trainable := [type(m).__name__ for m in backbone if _trainable(m)]:
-        raise ConfigError("the backbone is not frozen, so its embeddings cannot be cached", field="model.freeze_backbone",
-                          expected="true (no backbone parameter with requires_grad)", found=f"trainable parameters in {', '.join(trainable)}")
+        raise ConfigError(
+            "the backbone is not frozen, so its embeddings cannot be cached",
+            field="model.freeze_backbone",
+            expected="true (no backbone parameter with requires_grad)",
+            found=f"trainable parameters in {', '.join(trainable)}",
+        )
     return backbone, head
 
 
@@ -236,9 +242,9 @@ class EmbeddingCache:
         logger.info("embedding cache %s: encoding %d new text(s)", store.directory.name, len(texts))
         store.write_meta(self._describe())
         for start in range(0, len(texts), self.shard_size):
-            chunk = texts[start:start + self.shard_size]
+            chunk = texts[start : start + self.shard_size]
             vectors = self._encode(chunk, prompt, self.show_progress if show_progress is None else show_progress)
-            store.add(digests[start:start + self.shard_size], vectors)
+            store.add(digests[start : start + self.shard_size], vectors)
             self._computed += len(chunk)
 
     def _encode(self, texts: list[str], prompt: str | None, show_progress: bool) -> np.ndarray:
@@ -394,7 +400,7 @@ class _ShardStore:
         shard = len(self._shards)
         self._shards.append(vectors)
         for row in range(len(raw_keys) // _DIGEST_BYTES):
-            self._index.setdefault(raw_keys[row * _DIGEST_BYTES:(row + 1) * _DIGEST_BYTES], (shard, row))
+            self._index.setdefault(raw_keys[row * _DIGEST_BYTES : (row + 1) * _DIGEST_BYTES], (shard, row))
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -406,26 +412,32 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 
 def _check_cache(cache: EmbeddingCache, backbone: list[Any]) -> None:
     """The cache must hold this backbone's embeddings: the same modules, or identical weights and config."""
-    if len(cache._modules) == len(backbone) and all(a is b for a, b in zip(cache._modules, backbone)):
+    if len(cache._modules) == len(backbone) and all(a is b for a, b in zip(cache._modules, backbone, strict=True)):
         return
     max_len = getattr(backbone[0], "max_seq_length", None)
     if cache.key != _combine_key(_backbone_digest(backbone), max_len):
         raise ConfigError("the embedding cache is for another backbone", field="cache", expected="EmbeddingCache.for_model(model) of this model", found=str(cache.directory))
 
 
-
 # ---------------------------------------------------------------------- the stand-in for the backbone
+_TABLE_LOCK = threading.Lock()  # one for every table: an add also uses the (not thread-safe) cache
+
+
 def cached_model(model: SentenceTransformer, cache: EmbeddingCache | None = None) -> SentenceTransformer:
     """``model`` with its frozen backbone replaced by cached embeddings: a ``SentenceTransformer``
     of a ``CachedBackbone`` input module followed by ``model``'s own head modules.
 
     The input module's ``preprocess`` maps each text (with its prompt) to a row of one
-    in-memory table of backbone embeddings, filled from ``cache`` the first time a text is
-    seen (``fast[0].add(texts)`` fills it ahead, in one look-up); its ``forward`` looks the
-    rows up. So the model trains with sentence-transformers' trainer,
-    losses and evaluators without running the backbone, its training updates ``model``'s
-    head, and its ``encode`` gives ``model``'s embeddings (within float rounding). It takes
-    ``model``'s prompts, similarity function and ``truncate_dim``. Save ``model``, not this.
+    in-memory table of backbone embeddings; its ``forward`` looks the rows up. ``fast[0].add(texts)``
+    puts texts in the table ahead, in one cache look-up (one file written for new texts), and
+    returns that look-up's :class:`CacheStats`; a text seen first by ``preprocess`` is added then,
+    without a progress bar. So the model trains with sentence-transformers' trainer, losses and
+    evaluators without running the backbone, its training updates ``model``'s head, and its
+    ``encode`` gives ``model``'s embeddings (within float rounding). It shares ``model``'s model
+    card data (what the trainer records ends up in ``model``'s card), and its ``save`` (so a
+    trainer checkpoint too) saves ``model``; a checkpoint loads back into it. It copies ``model``'s
+    prompts, similarity function and ``truncate_dim`` when made: set them on ``model`` first, or on
+    the cached model afterwards.
 
     Example::
 
@@ -433,30 +445,35 @@ def cached_model(model: SentenceTransformer, cache: EmbeddingCache | None = None
         fast[0].add(train_texts)                     # one cache look-up for all of them
         fast.encode(["how do i learn python"]).shape  # (1, 256), as model.encode gives
     """
-    from sentence_transformers import SentenceTransformer
-
     backbone, head = split_backbone(model)
     cache = cache if cache is not None else EmbeddingCache(backbone)
     _check_cache(cache, backbone)
     weights = next(p for m in head for p in m.parameters())
-    stand_in = _cached_backbone_class()(cache, weights.dtype)
-    return SentenceTransformer(
-        modules=[stand_in, *head],
+    stand_in_class, model_class = _cached_classes()
+    fast = model_class(
+        modules=[stand_in_class(cache, weights.dtype), *head],
         device=str(weights.device),
-        prompts=dict(model.prompts or {}),
+        prompts={name: text for name, text in (model.prompts or {}).items() if text is not None},  # None: a default slot, refilled by the model
         default_prompt_name=model.default_prompt_name,
         similarity_fn_name=model.similarity_fn_name,
         truncate_dim=model.truncate_dim,
+        model_card_data=model.model_card_data,
     )
+    model.model_card_data.register_model(model)  # the card describes (and its examples run on) the model, not the stand-in
+    fast.__dict__["source"] = model  # a plain attribute, not a submodule: the backbone neither moves nor trains with ``fast``
+    return fast
 
 
 @functools.cache
-def _cached_backbone_class() -> type:
+def _cached_classes() -> tuple[type, type]:
     import torch
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import InputModule
 
     class CachedBackbone(InputModule):
         """Stands in for a frozen backbone: texts become rows of a table of their cached embeddings."""
+
+        table: torch.Tensor  # a registered buffer (moves with the module, not saved); rows past len(rows) are spare room
 
         def __init__(self, cache: EmbeddingCache, dtype: torch.dtype = torch.float32) -> None:
             super().__init__()
@@ -464,22 +481,34 @@ def _cached_backbone_class() -> type:
             self.rows: dict[tuple[str | None, str], int] = {}
             self.register_buffer("table", torch.zeros(0, cache.dimension, dtype=dtype), persistent=False)
 
-        def add(self, texts: Iterable[str], prompt: str | None = None) -> None:
-            """Put the cached embeddings of ``texts`` not yet in the table into it (one cache look-up)."""
-            new = [t for t in dict.fromkeys(texts) if (prompt or None, t) not in self.rows]
-            if not new:
-                return
-            vectors, start = torch.from_numpy(self.cache.get(new, prompt=prompt)), len(self.rows)
-            with torch.inference_mode(False):  # encode() runs in inference mode; the table must serve training too
-                self.table = torch.cat([self.table, vectors.to(self.table.device, self.table.dtype)])
-            self.rows.update(((prompt or None, t), start + i) for i, t in enumerate(new))
+        def add(self, texts: Iterable[str], prompt: str | None = None, *, show_progress: bool | None = None) -> CacheStats:
+            """Put the cached embeddings of ``texts`` not yet in the table into it (one cache look-up);
+            returns that look-up's counts. The table grows by doubling, so many small adds stay cheap."""
+            prompt = prompt or None
+            with _TABLE_LOCK:
+                new = [t for t in dict.fromkeys(texts) if (prompt, t) not in self.rows]
+                if not new:
+                    return CacheStats()
+                before = self.cache.stats
+                vectors, start = torch.from_numpy(self.cache.get(new, prompt=prompt, show_progress=show_progress)), len(self.rows)
+                end = start + len(new)
+                with torch.inference_mode(False):  # encode() runs in inference mode; the table must serve training too
+                    if end > len(self.table):
+                        grown = self.table.new_zeros(max(end, 2 * len(self.table)), self.table.shape[1])
+                        grown[:start] = self.table[:start]
+                        self.table = grown
+                    self.table[start:end] = vectors.to(self.table.device, self.table.dtype)
+                self.rows.update(((prompt, t), start + i) for i, t in enumerate(new))  # after the rows are written: readers take no lock
+                after = self.cache.stats
+                return CacheStats(hits=after.hits - before.hits, computed=after.computed - before.computed)
 
-        def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        # texts only, narrower than InputModule.preprocess: no image or pair input has a cached embedding
+        def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
             rows, prompt = self.rows, prompt or None
             try:
                 index = [rows[(prompt, t)] for t in inputs]
             except (KeyError, TypeError):
-                self.add(inputs, prompt)
+                self.add(inputs, prompt, show_progress=False)
                 index = [rows[(prompt, t)] for t in inputs]
             return {"input_ids": torch.tensor(index, dtype=torch.long)}  # the name the trainer collects features by
 
@@ -490,4 +519,20 @@ def _cached_backbone_class() -> type:
         def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
             raise ModelError("the cached stand-in for the backbone cannot be saved", field="model", expected="the model it was made from (model.save)", found=output_path)
 
-    return CachedBackbone
+    class CachedModel(SentenceTransformer):
+        """What :func:`cached_model` returns: saving it saves the model it was made from (``self.source``)."""
+
+        source: SentenceTransformer  # set by cached_model as a plain attribute, not a submodule
+
+        def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+            """Save the model this one was made from (they share the trained head): a normal SentenceTransformer folder."""
+            self.source.save(path, *args, **kwargs)
+
+        def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+            """Also takes the state dict of the model it was made from (a trainer checkpoint holds that model)."""
+            source = self.__dict__.get("source")
+            if source is not None and set(state_dict) == set(source.state_dict()):
+                return source.load_state_dict(state_dict, *args, **kwargs)
+            return super().load_state_dict(state_dict, *args, **kwargs)
+
+    return CachedBackbone, CachedModel

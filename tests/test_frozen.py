@@ -14,11 +14,10 @@ import pytest
 from embedft import Trainer
 from embedft.config import ModelConfig
 from embedft.errors import ConfigError, DataError, TrainingError
-from embedft.frozen import EmbeddingCache, _ShardStore, cached_model, split_backbone
+from embedft.frozen import CacheStats, EmbeddingCache, _cached_classes, _ShardStore, cached_model, split_backbone
 from embedft.tasks import TASKS
 
 from conftest import DEMO_DATA
-
 
 TOPICS = ["python", "rice", "sky", "europe", "retirement", "camera", "eggs", "guitar"]
 
@@ -140,6 +139,7 @@ def test_loss_on_cached_embeddings_equals_loss_on_full_model(model, cache, loss_
     text_cols, label_col = _split_columns(ds)
     labels = torch.tensor(ds[label_col]) if label_col else None
     if loss_name == "MatryoshkaLoss":
+
         def build(m):
             return _loss_class(loss_name)(m, _loss_class("MultipleNegativesRankingLoss")(m), [16, 8])
     else:
@@ -322,8 +322,14 @@ def _train(model, ds, loss, tmp_path, *, no_duplicates=False, **settings):
     from transformers.trainer_callback import PrinterCallback
 
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "st"), report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=1,
-        batch_sampler=BatchSamplers.NO_DUPLICATES if no_duplicates else BatchSamplers.BATCH_SAMPLER, **settings,
+        output_dir=str(tmp_path / "st"),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=1,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if no_duplicates else BatchSamplers.BATCH_SAMPLER,
+        **settings,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss(model) if isinstance(loss, type) else loss)
     trainer.remove_callback(PrinterCallback)
@@ -387,8 +393,16 @@ def test_training_the_cached_model_is_deterministic(tiny_model_path, tmp_path):
     weights = []
     for _ in range(2):
         model = _model(tiny_model_path)
-        _train(cached_model(model, EmbeddingCache.for_model(model, tmp_path / "cache")), ds, _loss_class("ContrastiveLoss"), tmp_path,
-               num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2, seed=3)
+        _train(
+            cached_model(model, EmbeddingCache.for_model(model, tmp_path / "cache")),
+            ds,
+            _loss_class("ContrastiveLoss"),
+            tmp_path,
+            num_train_epochs=2,
+            per_device_train_batch_size=8,
+            learning_rate=1e-2,
+            seed=3,
+        )
         weights.append(_state(split_backbone(model)[1]))
     assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -437,8 +451,85 @@ def test_saved_model_reloads_and_matches_the_cached_model(model, cache, tmp_path
     fast.truncate_dim = 8
     assert fast.encode(texts).shape == (7, 8) and fast.get_embedding_dimension() == 8
     np.testing.assert_allclose(fast.encode(texts, normalize_embeddings=True), reloaded.encode(texts, truncate_dim=8, normalize_embeddings=True), atol=1e-5)
-    with pytest.raises(Exception, match="cannot be saved"):
-        fast.save(str(tmp_path / "not-this"))
+    fast.save(str(tmp_path / "via-fast"))  # saves the model it was made from
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "via-fast"), device="cpu").encode(texts), reloaded.encode(texts), atol=1e-6)
+
+
+def test_trainer_checkpoints_of_the_cached_model_are_the_model_and_load_back(model, cache, tmp_path):
+    """sentence-transformers' checkpoints (every 500 steps by default) save the cached model: they hold the
+    model, with the trainer's model card, and a checkpoint loads back into the cached model (best model, resume)."""
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import TrainerCallback
+
+    fast, head = cached_model(model, cache), split_backbone(model)[1]
+    assert fast.model_card_data is model.model_card_data and model.model_card_data.model is model
+    saved = {}
+
+    class Remember(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saved[state.global_step] = _state(head)
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "st"), save_steps=2, max_steps=4, per_device_train_batch_size=8, learning_rate=1e-2, report_to="none", disable_tqdm=True, use_cpu=True
+    )
+    SentenceTransformerTrainer(model=fast, args=args, train_dataset=_dataset("pairs"), loss=_loss_class("OnlineContrastiveLoss")(fast), callbacks=[Remember()]).train()
+    assert sorted(saved) == [2, 4]
+    checkpoint = SentenceTransformer(str(tmp_path / "st" / "checkpoint-2"), device="cpu")
+    assert all(np.array_equal(v, _state([checkpoint[2]])[k]) for k, v in saved[2].items())  # its head is the Dense at step 2
+    assert "OnlineContrastiveLoss" in (tmp_path / "st" / "checkpoint-2" / "README.md").read_text()
+    fast.load_state_dict(checkpoint.state_dict())  # what load_best_model_at_end and resume_from_checkpoint do
+    assert all(np.array_equal(v, _state(head)[k]) for k, v in saved[2].items())
+
+
+class _StubCache:
+    """What the cached model's input module uses of an EmbeddingCache: the vector of ``"text <n>"`` is n
+    everywhere; ``delay`` widens the window in which two threads add at once."""
+
+    dimension = 4
+    stats = CacheStats()
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay, self.bars = delay, []
+
+    def get(self, texts, prompt=None, show_progress=None):
+        self.bars.append(show_progress)
+        time.sleep(self.delay)
+        return np.array([[float(t.split()[-1])] * self.dimension for t in texts], dtype=np.float32)
+
+
+def _looked_up(stand_in, texts):
+    return stand_in({"input_ids": stand_in.preprocess(texts)["input_ids"]})["sentence_embedding"][:, 0].tolist()
+
+
+def test_the_table_grows_in_amortised_steps_and_lazy_adds_draw_no_bar():
+    stub = _StubCache()
+    stand_in, copies, pointer = _cached_classes()[0](stub), 0, None
+    for i in range(300):  # what encoding new texts batch by batch does
+        stand_in.preprocess([f"text {i}"])
+        copies += stand_in.table.data_ptr() != pointer
+        pointer = stand_in.table.data_ptr()
+    assert copies <= 10, "the table was copied at every add"
+    assert stub.bars == [False] * 300  # an add from preprocess never draws a progress bar
+    assert _looked_up(stand_in, [f"text {i}" for i in (299, 0, 150)]) == [299.0, 0.0, 150.0]
+
+
+def test_threads_adding_at_once_give_every_text_its_own_row():
+    import threading
+
+    stand_in, wrong = _cached_classes()[0](_StubCache(delay=0.01)), []
+
+    def work(k):
+        for r in range(8):
+            texts = [f"text {1000 * k + 10 * r + i}" for i in range(3)]
+            if _looked_up(stand_in, texts) != [float(t.split()[-1]) for t in texts]:
+                wrong.append(texts)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [] and len(stand_in.rows) == 72
 
 
 def test_the_cached_model_gives_embedft_and_st_evaluators_the_same_scores(model, cache):
@@ -502,7 +593,7 @@ def test_a_hook_returning_true_stops_and_a_raising_hook_aborts_on_the_cached_pat
 
 
 def test_nan_loss_raises_before_the_step_on_the_cached_path(frozen_kwargs):
-    with pytest.raises(TrainingError, match="at step 1.*lower learning rate") as err:
+    with pytest.raises(TrainingError, match=r"at step 1.*lower learning rate") as err:
         Trainer(**frozen_kwargs, loss="CoSENTLoss", loss_kwargs={"scale": 1e308}).fit(baseline=False)
     assert err.value.field == "training.learning_rate"
 
@@ -550,6 +641,46 @@ def test_losses_that_need_the_backbone_train_the_full_model(frozen_kwargs, tiny_
         result = Trainer(**kwargs).fit(baseline=False)
     assert result.frozen_cache is None and result.loss == loss and result.train_steps == 2
     assert spec.not_on_cached_embeddings in caplog.text
+
+
+@pytest.mark.parametrize("variant", ["baseline", "no baseline", "mining"])
+def test_every_text_is_looked_up_once_before_anything_encodes(frozen_kwargs, tmp_path, monkeypatch, variant):
+    """fit() puts every text in the table first (training texts, then dev, test and corpus): no cache look-up,
+    cache file or bar per evaluation batch; frozen_cache counts the training texts' look-up whatever came
+    before; the trainer's model card reaches the saved model; torch's thread count is left alone."""
+    import torch
+
+    from conftest import make_task_rows
+
+    calls, threads = [], []
+    get = EmbeddingCache.get
+    monkeypatch.setattr(EmbeddingCache, "get", lambda self, texts, **kw: calls.append(len(texts)) or get(self, texts, **kw))
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    kwargs = {**frozen_kwargs, "data": make_task_rows("retrieval", n_groups=24), "task": "retrieval", "batch_size": 8, "eval_batch_size": 4, "max_steps": 4, "eval_steps": 2}
+    if variant == "mining":
+        kwargs["mine_hard_negatives"] = {"num_negatives": 1}
+    trainer = Trainer(**kwargs)
+    train = trainer.build_data().train
+    result = trainer.fit(baseline=variant != "no baseline")
+    distinct = len({t for c in ("query", "positive", "negative") for t in train[c]})
+    assert result.frozen_cache["computed"] == distinct and result.frozen_cache["hits"] == 0
+    assert len(calls) == 2, calls
+    assert len(list((tmp_path / "cache" / "embeddings").rglob("*.keys.npy"))) == 2
+    assert threads == []
+    card = (result.model_path / "README.md").read_text()
+    assert "generated_from_trainer" in card and "MultipleNegativesRankingLoss" in card
+
+
+def test_a_loss_factory_that_needs_the_backbone_is_refused_on_the_cached_path(frozen_kwargs, tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
+
+    from conftest import make_task_rows
+
+    guide = SentenceTransformer(tiny_model_path, device="cpu")
+    with pytest.raises(ConfigError) as err:
+        Trainer(**{**frozen_kwargs, "data": make_task_rows("retrieval"), "task": "retrieval", "batch_size": 8}, loss=lambda m: GISTEmbedLoss(m, guide)).fit(baseline=False)
+    assert err.value.field == "training.loss" and "cache_frozen_embeddings: false" in str(err.value)
 
 
 def test_a_cache_of_another_backbone_is_refused(model, tiny_model_path, tmp_path):
