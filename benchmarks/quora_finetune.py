@@ -7,7 +7,8 @@ measure again and save. Test accuracy/F1 use thresholds chosen on dev.
 
     HF_HUB_OFFLINE=1 python benchmarks/quora_finetune.py --train-pairs 4000
 
-Prints both timings and the ratio embedft/plain (goal: <= 1.05).
+Prints both timings and the ratio embedft/plain (goal: <= 1.05), and each test metric with its 95%
+paired bootstrap interval (1,000 resamples of the test split's groups; embedft.compare).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def plain_sentence_transformers(built, model_path: str, args, out: Path) -> dict
     from sentence_transformers.sentence_transformer.losses import OnlineContrastiveLoss
     from transformers import set_seed
 
+    from embedft.compare import paired_bootstrap
     from embedft.metrics import evaluate_pair_classification
 
     t_total = time.perf_counter()
@@ -42,10 +44,23 @@ def plain_sentence_transformers(built, model_path: str, args, out: Path) -> dict
     dev_eval = BinaryClassificationEvaluator(built.dev["text1"].tolist(), built.dev["text2"].tolist(), built.dev["label"].tolist(), name="dev", write_csv=False, similarity_fn_names=["cosine"])
     steps_per_epoch = -(-len(train) // args.batch_size)
     targs = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "ckpt"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_steps=0.1, lr_scheduler_type="linear", weight_decay=0.01, eval_strategy="steps",
-        eval_steps=steps_per_epoch, save_strategy="no", report_to="none", seed=args.seed, data_seed=args.seed,
-        disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False, logging_steps=50,
+        output_dir=str(out / "ckpt"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=0.1,
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        eval_strategy="steps",
+        eval_steps=steps_per_epoch,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        data_seed=args.seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        logging_steps=50,
     )
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train, loss=OnlineContrastiveLoss(model), evaluator=dev_eval)
     t0 = time.perf_counter()
@@ -53,7 +68,16 @@ def plain_sentence_transformers(built, model_path: str, args, out: Path) -> dict
     train_s = time.perf_counter() - t0
     after = evaluate_pair_classification(model, built.dev, built.test, batch_size=64)
     model.save(str(out / "model"))
-    return {"train_s": train_s, "total_s": time.perf_counter() - t_total, "before": before["test"], "after": after["test"], "pairs": len(train)}
+    total_s = time.perf_counter() - t_total
+    found = paired_bootstrap({"test": before.scores["test"]}, {"test": after.scores["test"]})
+    return {
+        "train_s": train_s,
+        "total_s": total_s,
+        "before": before["test"],
+        "after": after["test"],
+        "pairs": len(train),
+        "intervals": {"base": found.base["test"], "after": found.tuned["test"], "change": found.difference["test"]},
+    }
 
 
 def embedft_run(built, model_path: str, args, out: Path) -> dict:
@@ -61,10 +85,27 @@ def embedft_run(built, model_path: str, args, out: Path) -> dict:
 
     t_total = time.perf_counter()
     result = Trainer(
-        data=built, base_model=model_path, output_dir=str(out / "run"), epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_ratio=0.1, seed=args.seed, device="cpu", progress=False,
+        data=built,
+        base_model=model_path,
+        output_dir=str(out / "run"),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.1,
+        seed=args.seed,
+        device="cpu",
+        progress=False,
     ).fit()
-    return {"train_s": result.train_seconds, "total_s": time.perf_counter() - t_total, "before": result.before.test, "after": result.after.test, "pairs": result.train_pairs}
+    intervals = {"base": result.before.intervals["test"], "after": result.after.intervals["test"], "change": result.difference_intervals["test"]}
+    return {
+        "train_s": result.train_seconds,
+        "total_s": time.perf_counter() - t_total,
+        "before": result.before.test,
+        "after": result.after.test,
+        "pairs": result.train_pairs,
+        "intervals": intervals,
+        "verdict": result.verdict.message if result.verdict else None,
+    }
 
 
 def main() -> None:
@@ -97,12 +138,29 @@ def main() -> None:
         if args.only in ("both", "embedft"):
             runs["embedft"] = embedft_run(built, model_path, args, Path(tmp) / "embedft")
 
+    from embedft.results import format_table
+
     keys = ["cosine_ap", "cosine_roc_auc", "cosine_f1", "cosine_accuracy"]
     first = next(iter(runs.values()))
     print(f"\ntest split: {int(first['before']['pairs'])} pairs; {first['pairs']} training pairs, {args.epochs:g} epoch(s), batch {args.batch_size}, lr {args.lr:g}")
-    print(f"{'metric':<16} {'base':>8}" + "".join(f" {name:>9}" for name in runs))
-    for k in keys:
-        print(f"{k:<16} {first['before'][k]:>8.4f}" + "".join(f" {r['after'][k]:>9.4f}" for r in runs.values()))
+    print("each value with its 95% interval; change: fine-tuned minus base, paired bootstrap over the test split's groups")
+
+    def cell(value: float, interval, sign: str = "") -> str:
+        return f"{value:{sign}.4f} [{interval[0]:{sign}.3f}, {interval[1]:{sign}.3f}]"
+
+    header = ["metric", "base", *[f"{name} fine-tuned" for name in runs], *[f"{name} change" for name in runs]]
+    rows = [
+        [
+            k,
+            cell(first["before"][k], first["intervals"]["base"][k]),
+            *[cell(r["after"][k], r["intervals"]["after"][k]) for r in runs.values()],
+            *[cell(r["after"][k] - r["before"][k], r["intervals"]["change"][k], "+") for r in runs.values()],
+        ]
+        for k in keys
+    ]
+    print("\n".join(format_table(header, rows)))
+    if runs.get("embedft", {}).get("verdict"):
+        print(f"verdict (embedft): {runs['embedft']['verdict']}")
     for name, r in runs.items():
         print(f"{name:<8} train {r['train_s']:7.1f}s ({r['pairs'] * args.epochs / r['train_s']:.1f} pairs/s)  end-to-end {r['total_s']:7.1f}s")
     if len(runs) == 2:

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from typing_extensions import Self  # typing.Self from Python 3.11; pydantic depends on typing_extensions
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import Self  # typing.Self from Python 3.11; pydantic depends on typing_extensions
 
 from embedft.errors import ConfigError
 
@@ -42,6 +41,7 @@ __all__ = [
     "RunConfig",
     "ModalConfig",
     "MiningConfig",
+    "BootstrapConfig",
     "load_config",
     "DEFAULT_BASE_MODEL",
 ]
@@ -234,6 +234,18 @@ class ModelConfig(_Section):
         return self
 
 
+class BootstrapConfig(_Section):
+    """Paired bootstrap confidence intervals of the before/after metrics (:mod:`embedft.compare`).
+
+    ``resamples`` draws of the dev and test groups (0: no intervals and no verdict), central
+    ``confidence`` intervals, drawn from ``seed``.
+    """
+
+    resamples: int = Field(1000, ge=0, le=100_000)
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+    seed: Seed = 0
+
+
 class TrainingConfig(_Section):
     """Loss and optimisation settings. ``loss=None`` means the task's default loss."""
 
@@ -257,6 +269,8 @@ class TrainingConfig(_Section):
     matryoshka_dims: list[int] | None = None
     guide_model: str | None = None
     cache_frozen_embeddings: bool = True
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    repeats: int = Field(1, ge=1, le=100)  # train this many seeds (seed, seed + 1, ...) on the same splits
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -349,7 +363,9 @@ class ConfigBase(StrictModel):
         if isinstance(assignments, str):  # one assignment, not its characters
             assignments = [assignments]
         if not isinstance(assignments, dict) and not all(isinstance(a, str) for a in assignments):
-            raise ConfigError("overrides are key=value strings or a dict", field="--set", expected="['section.key=value', ...] or {'section.key': value}", found=[type(a).__name__ for a in assignments][:5])
+            raise ConfigError(
+                "overrides are key=value strings or a dict", field="--set", expected="['section.key=value', ...] or {'section.key': value}", found=[type(a).__name__ for a in assignments][:5]
+            )
         items = assignments.items() if isinstance(assignments, dict) else map(_split_assignment, assignments)
         for key, value in items:
             if isinstance(value, str) and not isinstance(assignments, dict):
@@ -557,7 +573,8 @@ class ConfigLoader(yaml.SafeLoader):
     >>> load_yaml("training: {epochs: 1}\\ntraining: {epochs: 2}")
     Traceback (most recent call last):
     ...
-    embedft.errors.ConfigError: duplicate key 'training' at line 2 (field: training; expected: each key once per mapping (a second one would silently replace the first); found: 'training' at lines 1 and 2)
+    embedft.errors.ConfigError: duplicate key 'training' at line 2 (field: training; expected: each key once per mapping
+    (a second one would silently replace the first); found: 'training' at lines 1 and 2)
     """
 
     def get_single_data(self) -> Any:
@@ -712,7 +729,7 @@ def _parse_problem(exc: Exception) -> str:
     return str(exc)
 
 
-def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
+def load_config(path: str | Path, cls: type[_M] = RunConfig) -> _M:  # type: ignore[assignment]  # the default is one of the classes _M stands for
     """Read a YAML or JSON config file safely and validate it into ``cls``."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError("a config file path is a string or a path", field="config", expected="a .yaml/.yml/.json path", found=type(path).__name__)
@@ -731,7 +748,7 @@ def load_config(path: str | Path, cls: type[BaseModel] = RunConfig):
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1  # read_text decodes the whole file: the offset is the file's
-        raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start:exc.start + 1]!r} at line {line}, offset {exc.start}") from None
+        raise ConfigError(f"cannot decode {path.name}", field="config", expected="UTF-8 text", found=f"byte {exc.object[exc.start : exc.start + 1]!r} at line {line}, offset {exc.start}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path.name}: {exc.strerror or exc}", field="config", expected="a readable file", found=str(path)) from None
     try:

@@ -360,8 +360,12 @@ def _named_functions(default: Any) -> dict[str, Any]:
         return {
             n: f
             for n, f in vars(module).items()
-            if inspect.isfunction(f) and f.__module__ == module.__name__ and n.startswith("pairwise_") == pairwise
-            and n.endswith(("_sim", "_score")) and "maxsim" not in n and not n.startswith("pytorch_")
+            if inspect.isfunction(f)
+            and f.__module__ == module.__name__
+            and n.startswith("pairwise_") == pairwise
+            and n.endswith(("_sim", "_score"))
+            and "maxsim" not in n
+            and not n.startswith("pytorch_")
         }
     return {}
 
@@ -395,8 +399,14 @@ def _sts_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.Dat
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     return EmbeddingSimilarityEvaluator(
-        dev["text1"].tolist(), dev["text2"].tolist(), [float(v) for v in dev["label"]],
-        batch_size=batch_size, name=name, write_csv=False, similarity_fn_names=["cosine"], main_similarity="cosine",
+        dev["text1"].tolist(),
+        dev["text2"].tolist(),
+        [float(v) for v in dev["label"]],
+        batch_size=batch_size,
+        name=name,
+        write_csv=False,
+        similarity_fn_names=["cosine"],
+        main_similarity="cosine",
     )
 
 
@@ -404,8 +414,14 @@ def _triplet_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd
     from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator
 
     return TripletEvaluator(
-        dev["anchor"].tolist(), dev["positive"].tolist(), dev["negative"].tolist(),
-        name=name, batch_size=batch_size, write_csv=False, similarity_fn_names=["cosine"], main_similarity_function="cosine",
+        dev["anchor"].tolist(),
+        dev["positive"].tolist(),
+        dev["negative"].tolist(),
+        name=name,
+        batch_size=batch_size,
+        write_csv=False,
+        similarity_fn_names=["cosine"],
+        main_similarity_function="cosine",
     )
 
 
@@ -420,9 +436,16 @@ def _retrieval_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: 
         relevant.setdefault(str(q), set()).add(str(d))
     docs = {str(d): t for d, t in zip(corpus["doc_id"], corpus["text"], strict=True)}
     return InformationRetrievalEvaluator(
-        queries, docs, relevant, name=name, batch_size=batch_size, write_csv=False,
-        score_functions={"cosine": _cos_sim()}, main_score_function="cosine",
-        accuracy_at_k=[1, 5, 10], precision_recall_at_k=[1, 5, 10, 100],
+        queries,
+        docs,
+        relevant,
+        name=name,
+        batch_size=batch_size,
+        write_csv=False,
+        score_functions={"cosine": _cos_sim()},
+        main_score_function="cosine",
+        accuracy_at_k=[1, 5, 10],
+        precision_recall_at_k=[1, 5, 10, 100],
     )
 
 
@@ -441,7 +464,11 @@ def _mining_evaluator(dev: pd.DataFrame, name: str, batch_size: int, corpus: pd.
     return ParaphraseMiningEvaluator(
         {i: t for t, i in ids.items()},
         duplicates_list=[(ids[a], ids[b]) for a, b in zip(positives["text1"], positives["text2"], strict=True)],
-        add_transitive_closure=True, top_k=25, batch_size=batch_size, name=name, write_csv=False,
+        add_transitive_closure=True,
+        top_k=25,
+        batch_size=batch_size,
+        name=name,
+        write_csv=False,
     )
 
 
@@ -630,9 +657,7 @@ _PAIR_CLASSIFICATION = register_task(
     TaskSpec(
         name="pair-classification",
         description=(
-            "Are two texts the same (e.g. duplicate questions)? Input columns: text1 (str), "
-            "text2 (str), label (0/1). Scored by cosine similarity; accuracy and F1 use a "
-            "threshold chosen on dev."
+            "Are two texts the same (e.g. duplicate questions)? Input columns: text1 (str), text2 (str), label (0/1). Scored by cosine similarity; accuracy and F1 use a threshold chosen on dev."
         ),
         input_columns=("text1", "text2", "label"),
         optional_columns=("id1", "id2"),

@@ -19,15 +19,19 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, validate_config, load_config
+from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, load_config, validate_config
 from embedft.data import BuiltDataset, DatasetBuilder
 from embedft.errors import ConfigError, EmbedftError, ModelError, TrainingError
 from embedft.files import OutputError, check_output_dir, mark, new_scratch, remove_owned, replace_dir
-from embedft.results import EvalReport, MatryoshkaRow, TrainResult
+from embedft.results import EvalReport, MatryoshkaRow, RepeatsReport, TrainResult
 from embedft.tasks import get_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
 
 __all__ = ["EvaluateHook", "LogProgress", "Progress", "Trainer"]
 
@@ -41,8 +45,8 @@ EvaluateHook = Callable[[int, dict[str, float]], "bool | None"]
 class Progress(Protocol):
     """Where :class:`Trainer` reports what it is doing; the CLI draws one progress bar per phase.
 
-    ``phase(name, total)`` is a context manager around one phase (``data``, ``baseline evaluation``,
-    ``embedding cache``, ``training``, ``final evaluation``); its value has ``update(n=1, **postfix)``.
+    ``phase(name, total)`` is a context manager around one phase (``data``, ``embedding cache``,
+    ``baseline evaluation``, ``training``, ``final evaluation``); its value has ``update(n=1, **postfix)``.
     ``total`` is the number of steps to expect (None: the phase is one step, done when it ends).
     Training reports each step, and refreshes the postfix (latest loss, dev score) with ``n=0``.
     """
@@ -63,7 +67,7 @@ class LogProgress:
         """Nothing to draw."""
 
 
-_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+_SECTIONS: dict[str, type[BaseModel]] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 _TOP_LEVEL = {"task", "output_dir", "overwrite"}
 
 
@@ -99,6 +103,8 @@ class Trainer:
         reporter: where phases and training steps are reported (a :class:`Progress`; default:
             :class:`LogProgress`). The trainer never prints: transformers' log dicts go to the
             ``embedft.training`` logger at DEBUG.
+        show_progress: the libraries' own progress bars (encoding batches); None: ``training.progress``.
+            A display choice, not part of the run: the saved config keeps ``training.progress``.
 
     Example::
 
@@ -118,13 +124,15 @@ class Trainer:
         on_evaluate: list[EvaluateHook] | None = None,
         callbacks: list[Any] | None = None,
         reporter: Progress | None = None,
+        show_progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
             raise ConfigError("Trainer takes a RunConfig or a dict; for a config file use Trainer.from_file(path)", field="config", expected="a RunConfig, a dict or None", found=str(config))
         if config is not None and not isinstance(config, (RunConfig, dict)):
             raise ConfigError("Trainer takes a RunConfig or a dict", field="config", expected="a RunConfig, a dict or None", found=type(config).__name__)
-        for name, value in (("on_evaluate", on_evaluate), ("callbacks", callbacks)):
+        checked: tuple[tuple[str, Any], ...] = (("on_evaluate", on_evaluate), ("callbacks", callbacks))  # what a caller passed, whatever its type
+        for name, value in checked:
             if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
                 raise ConfigError(f"{name} must be a list", field=name, expected="a list (of callables / TrainerCallback objects)", found=type(value).__name__)
         base = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
@@ -150,11 +158,12 @@ class Trainer:
         self._hooks = list(on_evaluate or [])
         self._callbacks = list(callbacks or [])
         self.reporter: Progress = reporter or LogProgress()
+        self.show_progress = self.config.training.progress if show_progress is None else show_progress
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> Trainer:
         """A trainer from a YAML/JSON config file, with optional ``key=value`` overrides."""
-        cfg = load_config(path)
+        cfg: RunConfig = load_config(path)
         if overrides:
             cfg = cfg.with_overrides(overrides)
         return cls(cfg, **kwargs)
@@ -175,22 +184,101 @@ class Trainer:
 
         ``baseline=False`` skips the base-model evaluation (``result.before`` is None) and
         ``evaluate_test=False`` keeps the test split untouched (search trials choose on dev only).
+        The saved weights are those of the best dev evaluation during training (early stopping
+        included). With ``training.repeats: N`` the seeds ``seed .. seed + N - 1`` train on the same
+        splits: ``result.repeats`` holds the spread of their metrics and the seed best on dev is saved.
+        Metrics carry bootstrap intervals and ``result.verdict`` says whether fine-tuning helped
+        (``training.bootstrap``).
         """
-        cfg = self.config
+        cfg, t_cfg = self.config, self.config.training
         check_output_dir(cfg.output_dir, kind="run", overwrite=cfg.overwrite, inputs=self.inputs())
         out = Path(cfg.output_dir).expanduser()
         built = self.build_data()
 
-        from embedft.modeling import load_model, resolve_device, training_precision_flags
-
-        device = resolve_device(cfg.training.device)
-        precision = training_precision_flags(cfg.training, device)
         from transformers import set_seed
 
-        set_seed(cfg.training.seed)
-        model = load_model(cfg.model, device, seed=cfg.training.seed)
-        t_cfg = cfg.training
+        from embedft.compare import compare_reports
+        from embedft.modeling import load_model, resolve_device
 
+        device = resolve_device(t_cfg.device)
+        tmp: Path | None = None
+        sign = 1 if self.task.greater_is_better else -1
+
+        def dev_score(run: _SeedRun) -> float:
+            return sign * run.after.dev_score if math.isfinite(run.after.dev_score) else -math.inf
+
+        try:
+            runs: list[_SeedRun] = []
+            best: _SeedRun | None = None
+            for seed in range(t_cfg.seed, t_cfg.seed + t_cfg.repeats):
+                set_seed(seed)
+                model = load_model(cfg.model, device, seed=seed)  # a model that cannot load leaves no folder behind
+                tmp = tmp or new_scratch(out)  # also removes the scratch of a run that was killed
+                mark(tmp / "checkpoints", "scratch")
+                run = self._fit_seed(seed, model, built, device, tmp / "checkpoints", runs[0] if runs else None, baseline=baseline, evaluate_test=evaluate_test)
+                remove_owned(tmp / "checkpoints")
+                built = run.built  # with mined negatives: mined once, by the base model
+                runs.append(run)
+                loser, best = (run, best) if best is not None and dev_score(run) <= dev_score(best) else (best, run)
+                if loser is not None:  # only the model of the seed best on dev is kept
+                    loser.model = loser.trained = loser.monitor = None
+            assert best is not None and tmp is not None  # training.repeats >= 1: a seed ran
+            first = runs[0]
+            b = t_cfg.bootstrap
+            before, after, difference, verdict = compare_reports(first.base_scores, best.after_scores, first.before, best.after, resamples=b.resamples, confidence=b.confidence, seed=b.seed)
+            split = "test" if after.test else "dev"
+            repeats = None
+            if len(runs) > 1:
+                repeats = RepeatsReport(
+                    seeds=[r.seed for r in runs],
+                    split=split,
+                    values={k: [getattr(r.after, split)[k] for r in runs] for k in getattr(after, split)},
+                    dev_scores=[r.after.dev_score for r in runs],
+                    saved_seed=best.seed,
+                )
+            result = TrainResult(
+                task=self.task.name,
+                base_model=cfg.model.base_model,
+                loss=best.loss_name,
+                before=before,
+                after=after,
+                matryoshka=best.matryoshka,
+                data=built.report,
+                mining=first.mining,
+                frozen_cache=best.frozen_cache,
+                device=device,
+                train_pairs=best.train_pairs,
+                train_steps=best.steps,
+                train_seconds=best.seconds,
+                train_loss=best.train_loss if math.isfinite(best.train_loss) else None,
+                train_pairs_per_second=best.train_pairs * best.epochs / best.seconds if best.seconds > 0 else 0.0,
+                stopped_early=best.monitor.stopped_early,
+                dev_history=best.monitor.history,
+                best_step=best.monitor.best_step,
+                best_dev_score=best.monitor.best,
+                difference_intervals=difference,
+                verdict=verdict,
+                repeats=repeats,
+                output_dir=out,
+                model_path=out / "model",
+                config_path=out / "config.yaml",
+                metrics_path=out / "metrics.json",
+                warnings=[*_result_warnings(built.report, before, after, best.matryoshka, cfg.model.base_model), *_schedule_warnings(t_cfg, best.train_pairs, best.steps)],
+            )
+            _save_run(tmp, out, best.model, cfg, result)
+            replace_dir(tmp, out, kind="run", overwrite=cfg.overwrite)
+        finally:
+            if tmp is not None:
+                remove_owned(tmp)
+        return result
+
+    def _fit_seed(self, seed: int, model: Any, built: BuiltDataset, device: str, scratch: Path, first: _SeedRun | None, *, baseline: bool, evaluate_test: bool) -> _SeedRun:
+        """Train the base model loaded with ``seed`` and evaluate it; the first seed also measures the base model
+        (and mines hard negatives with it), later seeds reuse ``first``'s."""
+        from embedft.modeling import training_precision_flags
+
+        cfg = self.config
+        t_cfg = cfg.training.model_copy(update={"seed": seed})
         dims = _check_matryoshka_dims(t_cfg.matryoshka_dims, model)
         loss_spec = self.task.loss(t_cfg.loss)
         cache = self._frozen_cache(model, loss_spec)
@@ -199,64 +287,53 @@ class Trainer:
             from embedft.frozen import cached_model
 
             trained = cached_model(model, cache)
-        before, base_by_dim = None, {}
-        if baseline:
+        run = _SeedRun(seed=seed, built=built, model=model, trained=trained)
+        if cache is not None:  # every text in the table before anything encodes: no cache look-up per evaluation batch
+            with self.reporter.phase("embedding cache"):
+                run.frozen_cache = _fill_cache(trained, built, self.task)
+        if first is not None:
+            run.before, run.base_scores, run.base_by_dim, run.mining = first.before, first.base_scores, first.base_by_dim, first.mining
+        elif baseline:
             with self.reporter.phase("baseline evaluation"):
-                before = self._evaluate(trained, built, evaluate_test)
-                base_by_dim = self._evaluate_dims(trained, built, dims, evaluate_test)
-            logger.info("base model: dev %s=%.4f", self.task.primary_metric, before.dev_score)
-
-        mining = None
-        if cfg.data.mine_hard_negatives is not None:
+                run.before, run.base_scores = self._evaluate(trained, built, evaluate_test)
+                run.base_by_dim = self._evaluate_dims(trained, built, dims, evaluate_test)
+            logger.info("base model: dev %s=%.4f", self.task.primary_metric, run.before.dev_score)
+        if first is None and cfg.data.mine_hard_negatives is not None:
             from embedft.mining import mine_hard_negatives
 
-            built, mining = mine_hard_negatives(built, trained, cfg.data.mine_hard_negatives)
+            run.built, run.mining = mine_hard_negatives(built, trained, cfg.data.mine_hard_negatives)
+            built = run.built
 
-        train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=t_cfg.seed)
-        frozen_cache = None
-        if cache is not None:
-            with self.reporter.phase("embedding cache"):
-                frozen_cache = _fill_cache(trained, train_ds)
-        loss = _loss_module(self._loss, trained) if self._loss is not None else self._build_loss(loss_spec, trained, device)
+        train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=seed)
+        loss = _loss_module(self._loss, trained, cached=cache is not None) if self._loss is not None else self._build_loss(loss_spec, trained, device)
         evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
-
-        tmp = new_scratch(out)  # also removes the scratch of a run that was killed
-        mark(tmp / "checkpoints", "scratch")
-        try:
-            with self.reporter.phase("training", _planned_steps(t_cfg, len(train_ds))) as bar, _one_thread_steps(cache is not None and device == "cpu") as one_thread:
-                monitor = _make_monitor(evaluator, self.task, self._hooks, t_cfg.early_stopping_patience, bar)
-                callbacks = [monitor, *one_thread, *self._callbacks]
-                trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, tmp / "checkpoints", precision, device, loss_spec.uses_in_batch_negatives, callbacks)
-                t0 = time.perf_counter()
-                with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
-                    output = trainer.train()
-                seconds, steps, epochs = time.perf_counter() - t0, int(trainer.state.global_step), float(trainer.state.epoch or 0.0)
-            train_loss = float(output.training_loss)
-            trained.eval()
-            with self.reporter.phase("final evaluation"):
-                after = self._evaluate(trained, built, evaluate_test)
-                matryoshka = [
-                    MatryoshkaRow(dimension=dim, bytes_per_vector=4 * dim, dev=report.dev_score, test=report.test_score if report.test else None,
-                                  base_test=base_by_dim[dim].test_score if dim in base_by_dim and base_by_dim[dim].test else None)
-                    for dim, report in self._evaluate_dims(trained, built, dims, evaluate_test).items()
-                ]
-            logger.info("fine-tuned: dev %s=%.4f", self.task.primary_metric, after.dev_score)
-
-            remove_owned(tmp / "checkpoints")
-            result = TrainResult(
-                task=self.task.name, base_model=cfg.model.base_model, loss=loss_spec.name if self._loss is None else type(trainer.loss).__name__,
-                before=before, after=after, matryoshka=matryoshka, data=built.report, mining=mining, frozen_cache=frozen_cache, device=device,
-                train_pairs=len(train_ds), train_steps=steps, train_seconds=seconds, train_loss=train_loss if math.isfinite(train_loss) else None,
-                train_pairs_per_second=len(train_ds) * epochs / seconds if seconds > 0 else 0.0,
-                stopped_early=monitor.stopped_early, dev_history=monitor.history,
-                output_dir=out, model_path=out / "model", config_path=out / "config.yaml", metrics_path=out / "metrics.json",
-                warnings=[*_result_warnings(built.report, before, after, matryoshka, cfg.model.base_model), *_schedule_warnings(t_cfg, len(train_ds), steps)],
-            )
-            _save_run(tmp, out, model, cfg, result)
-            replace_dir(tmp, out, kind="run", overwrite=cfg.overwrite)
-        finally:
-            remove_owned(tmp)
-        return result
+        phase = "training" if cfg.training.repeats == 1 else f"training (seed {seed})"
+        with self.reporter.phase(phase, _planned_steps(t_cfg, len(train_ds))) as bar:
+            run.monitor = _make_monitor(evaluator, self.task, self._hooks, t_cfg.early_stopping_patience, bar, trained)
+            precision = training_precision_flags(t_cfg, device)
+            trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, scratch, precision, device, loss_spec.uses_in_batch_negatives, [run.monitor, *self._callbacks])
+            t0 = time.perf_counter()
+            with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
+                output = trainer.train()
+            run.seconds, run.steps, run.epochs = time.perf_counter() - t0, int(trainer.state.global_step), float(trainer.state.epoch or 0.0)
+        run.monitor.restore_best()
+        run.train_loss, run.train_pairs = float(output.training_loss), len(train_ds)
+        run.loss_name = loss_spec.name if self._loss is None else type(trainer.loss).__name__
+        trained.eval()
+        with self.reporter.phase("final evaluation"):
+            run.after, run.after_scores = self._evaluate(trained, built, evaluate_test)
+            run.matryoshka = [
+                MatryoshkaRow(
+                    dimension=dim,
+                    bytes_per_vector=4 * dim,
+                    dev=report.dev_score,
+                    test=report.test_score if report.test else None,
+                    base_test=run.base_by_dim[dim].test_score if dim in run.base_by_dim and run.base_by_dim[dim].test else None,
+                )
+                for dim, report in self._evaluate_dims(trained, built, dims, evaluate_test).items()
+            ]
+        logger.info("fine-tuned (seed %d): dev %s=%.4f", seed, self.task.primary_metric, run.after.dev_score)
+        return run
 
     def inputs(self) -> list[tuple[str, str | None]]:
         """The local paths this run reads (``(field, path)``): an output folder may never hold one."""
@@ -297,10 +374,10 @@ class Trainer:
             return None
         from embedft.frozen import EmbeddingCache
 
-        return EmbeddingCache.for_model(model, cfg.data.cache_dir, batch_size=t_cfg.eval_batch_size, show_progress=t_cfg.progress)
+        return EmbeddingCache.for_model(model, cfg.data.cache_dir, batch_size=t_cfg.eval_batch_size, show_progress=self.show_progress)
 
     def evaluate(self, model: Any = None) -> EvalReport:
-        """Evaluate ``model`` (or the base model) on this trainer's dev and test splits."""
+        """Evaluate ``model`` (or the base model) on this trainer's dev and test splits, with bootstrap intervals (``training.bootstrap``)."""
         from embedft.files import owner
         from embedft.modeling import load_model, resolve_base_model, resolve_device
 
@@ -320,21 +397,29 @@ class Trainer:
         if model is None or isinstance(model, (str, os.PathLike)):
             cfg = self.config.model if model is None else self.config.model.model_copy(update={"base_model": str(model), "dense": None, "freeze_backbone": False})
             model = load_model(cfg, resolve_device(self.config.training.device))
-        report = self._evaluate(model, built)
+        from embedft.compare import compare_reports
+
+        report, scores = self._evaluate(model, built)
+        b = self.config.training.bootstrap
+        report = compare_reports(None, scores, None, report, resamples=b.resamples, confidence=b.confidence, seed=b.seed).after
         return report.model_copy(update={"notes": list(dict.fromkeys([*built.report.warnings, *report.notes]))})
 
-    def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> EvalReport:
+    def _evaluate(self, model: Any, built: BuiltDataset, evaluate_test: bool = True) -> tuple[EvalReport, dict[str, Any]]:
+        """The report of ``model`` on dev (and test), and the per-unit scores behind it (for the bootstrap)."""
         t_cfg = self.config.training
         test = built.test if evaluate_test else None
         try:
-            metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, t_cfg.progress, built.corpus)
+            metrics = self.task.evaluate(model, built.dev, test, t_cfg.eval_batch_size, self.show_progress, built.corpus)
         except ValueError as exc:
             if "nan" not in str(exc).lower() and "infinity" not in str(exc).lower():
                 raise
             expected = "finite weights (try a lower learning rate or weight decay, fp32, or check the data)"
-            raise TrainingError("the model's embeddings are not finite numbers, so no metric can be computed", field="training.learning_rate",
-                                expected=expected, found=" ".join(str(exc).split())[:120]) from None
-        return EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, notes=_collapse_notes(model, built, self.task, t_cfg.eval_batch_size), **metrics)
+            raise TrainingError(
+                "the model's embeddings are not finite numbers, so no metric can be computed", field="training.learning_rate", expected=expected, found=" ".join(str(exc).split())[:120]
+            ) from None
+        notes = _collapse_notes(model, built, self.task, t_cfg.eval_batch_size)
+        report = EvalReport(primary_metric=self.task.primary_metric, greater_is_better=self.task.greater_is_better, notes=notes, dev=metrics["dev"], test=metrics.get("test", {}))
+        return report, getattr(metrics, "scores", {})
 
     def _evaluate_dims(self, model: Any, built: BuiltDataset, dims: list[int], evaluate_test: bool) -> dict[int, EvalReport]:
         """The evaluation with embeddings truncated to each Matryoshka dimension (texts encoded once for all)."""
@@ -342,7 +427,7 @@ class Trainer:
         reports = {}
         for dim in dims:
             prefix.truncate_dim = dim
-            reports[dim] = self._evaluate(prefix, built, evaluate_test)
+            reports[dim] = self._evaluate(prefix, built, evaluate_test)[0]
         return reports
 
     def _build_loss(self, spec: Any, model: Any, device: str) -> Any:
@@ -352,6 +437,7 @@ class Trainer:
         if spec.needs_guide:
             from embedft.modeling import load_model
 
+            assert t_cfg.guide_model is not None  # RunConfig refuses a guide-needing loss without one
             guide_cfg = ModelConfig(base_model=t_cfg.guide_model, max_seq_length=self.config.model.max_seq_length)
             try:
                 guide = load_model(guide_cfg, device)
@@ -366,6 +452,31 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+@dataclass
+class _SeedRun:
+    """One seed's training: its model, its reports and what the first seed measured for all (base model, mining)."""
+
+    seed: int
+    built: BuiltDataset
+    model: Any
+    trained: Any
+    before: EvalReport | None = None
+    base_scores: dict[str, Any] = field(default_factory=dict)
+    base_by_dim: dict[int, EvalReport] = field(default_factory=dict)
+    mining: Any = None
+    frozen_cache: dict[str, float] | None = None
+    monitor: Any = None
+    after: EvalReport = field(init=False)  # set once the seed has trained
+    after_scores: dict[str, Any] = field(default_factory=dict)
+    matryoshka: list[MatryoshkaRow] = field(default_factory=list)
+    loss_name: str = ""
+    train_pairs: int = 0
+    train_loss: float = math.nan
+    steps: int = 0
+    seconds: float = 0.0
+    epochs: float = 0.0
+
+
 class _PrefixEncoder:
     """``model.encode`` for Matryoshka evaluation: each list of texts is encoded once at full size,
     and every dimension is served from memory by truncating (then normalising, as
@@ -376,7 +487,7 @@ class _PrefixEncoder:
         self.truncate_dim: int | None = None
         self._memo: dict[tuple[str, ...], Any] = {}
 
-    def encode(self, sentences: list[str], batch_size: int = 32, normalize_embeddings: bool = False, show_progress_bar: bool = False, **_: Any):
+    def encode(self, sentences: list[str], batch_size: int = 32, normalize_embeddings: bool = False, show_progress_bar: bool = False, **_: Any) -> Any:
         import numpy as np
 
         key = tuple(sentences)
@@ -395,8 +506,12 @@ def _check_loss_argument(loss: Any) -> Any:
     """``Trainer(loss=...)`` beyond a name: a torch loss module or a factory ``model -> loss``."""
     if loss is None or callable(loss):  # a torch module is callable
         return loss
-    raise ConfigError("loss must be a registered loss name, a torch loss module or a factory model -> loss", field="loss",
-                      expected="a str, a torch.nn.Module or a callable", found=f"{type(loss).__name__} {_capped_repr(loss)}")
+    raise ConfigError(
+        "loss must be a registered loss name, a torch loss module or a factory model -> loss",
+        field="loss",
+        expected="a str, a torch.nn.Module or a callable",
+        found=f"{type(loss).__name__} {_capped_repr(loss)}",
+    )
 
 
 def _check_evaluator_argument(evaluator: Any) -> Any:
@@ -404,8 +519,7 @@ def _check_evaluator_argument(evaluator: Any) -> Any:
     if evaluator is None or (callable(evaluator) and not isinstance(evaluator, type)):
         return evaluator
     what = f"the class {evaluator.__name__}" if isinstance(evaluator, type) else f"{type(evaluator).__name__} {_capped_repr(evaluator)}"
-    raise ConfigError("evaluator must be a sentence-transformers evaluator object", field="evaluator",
-                      expected="a SentenceEvaluator instance or a callable model -> metrics", found=what)
+    raise ConfigError("evaluator must be a sentence-transformers evaluator object", field="evaluator", expected="a SentenceEvaluator instance or a callable model -> metrics", found=what)
 
 
 def _capped_repr(value: Any) -> str:
@@ -413,26 +527,36 @@ def _capped_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _loss_module(loss: Any, model: Any) -> Any:
-    """A loss module for ``model`` from a module or a factory ``model -> loss``."""
+def _loss_module(loss: Any, model: Any, cached: bool = False) -> Any:
+    """A loss module for ``model`` from a module or a factory ``model -> loss`` (``cached``: ``model`` is the head on cached embeddings)."""
     import torch
 
     if isinstance(loss, torch.nn.Module):
         return loss
-    built = loss(model)
+    try:
+        built = loss(model)
+    except (ValueError, AttributeError) as exc:  # e.g. GISTEmbedLoss wants the backbone's tokenizer
+        if not cached:
+            raise
+        raise ConfigError(
+            "the loss factory needs the backbone, which a frozen backbone's cached embeddings replace",
+            field="training.loss",
+            expected="a loss on embeddings, or training.cache_frozen_embeddings: false",
+            found=" ".join(str(exc).split())[:160],
+        ) from None
     if not isinstance(built, torch.nn.Module):
         raise ConfigError("the loss factory did not return a torch loss module", field="loss", expected="a factory model -> torch.nn.Module", found=type(built).__name__)
     return built
 
 
 @contextlib.contextmanager
-def _non_finite_loss_guard(loss: Any, learning_rate: float, loss_kwargs: dict[str, Any] | None):
+def _non_finite_loss_guard(loss: Any, learning_rate: float, loss_kwargs: dict[str, Any] | None) -> Iterator[None]:
     """Raise :class:`TrainingError` at the first step whose loss is NaN or infinite, before its backward pass."""
     import torch
 
     step = 0
 
-    def check(module, args, output):
+    def check(module: Any, args: Any, output: Any) -> None:
         nonlocal step
         step += 1
         for value in output.values() if isinstance(output, dict) else [output]:
@@ -482,7 +606,7 @@ def _collapse_notes(model: Any, built: BuiltDataset, task: Any, batch_size: int)
         return []
     try:
         emb = np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False), dtype=np.float64)
-    except Exception:  # noqa: BLE001 - a check that only adds a warning never fails an evaluation
+    except Exception:
         logger.debug("could not check the embeddings for collapse", exc_info=True)
         return []
     if emb.ndim != 2 or not np.isfinite(emb).all():
@@ -536,69 +660,59 @@ def _steps_per_epoch(t_cfg: TrainingConfig, train_rows: int) -> int:
     return max(1, math.ceil(train_rows / t_cfg.batch_size))
 
 
-def _fill_cache(trained: Any, train_ds: Any) -> dict[str, float]:
-    """Every training text's cached backbone embedding into the stand-in's table, in one cache look-up."""
-    stand_in = trained[0]
-    before, t0 = stand_in.cache.stats, time.perf_counter()
-    stand_in.add(t for name, feature in train_ds.features.items() if getattr(feature, "dtype", None) == "string" for t in train_ds[name])
-    after, seconds = stand_in.cache.stats, time.perf_counter() - t0
-    logger.info("frozen backbone: %d texts from the cache, %d encoded (%.1fs)", after.hits - before.hits, after.computed - before.computed, seconds)
-    return {"hits": float(after.hits - before.hits), "computed": float(after.computed - before.computed), "embed_seconds": seconds}
+def _fill_cache(trained: Any, built: BuiltDataset, task: Any) -> dict[str, float]:
+    """Every text of the splits and the corpus into the cached model's table, before anything encodes.
 
-
-@contextlib.contextmanager
-def _one_thread_steps(enabled: bool) -> Iterator[list[Any]]:
-    """A callback that runs each training step on one torch thread (restored after each step and at the end).
-
-    A step on cached embeddings is a few small matrix products: several CPU threads only wait for each
-    other, most of all on a busy machine (one busy core makes it 2-3x slower). Evaluations keep the threads.
+    The training split's texts come first, in one cache look-up on the new table: its counts (and time)
+    are what ``TrainResult.frozen_cache`` reports. The rest are added with the prompt ``encode`` uses.
     """
-    if not enabled:
-        yield []
-        return
+
+    def texts(frame: Any) -> list[str]:
+        return [t for c in (*task.text_columns, "negative") if frame is not None and c in frame.columns for t in frame[c].dropna()]
+
+    stand_in, t0 = trained[0], time.perf_counter()
+    found = stand_in.add(texts(built.train))
+    seconds = time.perf_counter() - t0
+    prompt = trained.prompts.get(trained.default_prompt_name) if trained.default_prompt_name else None
+    stand_in.add([*texts(built.train), *texts(built.dev), *texts(built.test), *([] if built.corpus is None else built.corpus["text"])], prompt)
+    logger.info("frozen backbone: %d training texts from the cache, %d encoded (%.1fs)", found.hits, found.computed, seconds)
+    return {"hits": float(found.hits), "computed": float(found.computed), "embed_seconds": seconds}
+
+
+def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience: int | None, bar: Any, model: Any) -> Any:
     import torch
-    from transformers import TrainerCallback
-
-    threads = torch.get_num_threads()
-
-    class OneThreadSteps(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            torch.set_num_threads(1)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            torch.set_num_threads(threads)
-
-    try:
-        yield [OneThreadSteps()]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience: int | None, bar: Any):
     from transformers import TrainerCallback
 
     name = f"{evaluator.name}_" if getattr(evaluator, "name", "") else ""
 
     class DevMonitor(TrainerCallback):
-        """Collects dev scores, runs the evaluate hooks and early stopping, reports steps, loss and dev score to ``bar``."""
+        """Collects dev scores, keeps the weights of the best one, runs the evaluate hooks and early stopping,
+        reports steps, loss and dev score to ``bar``.
+
+        The best weights are a CPU copy of ``model``'s trainable parameters, taken at each dev improvement
+        (no checkpoint on disk); :meth:`restore_best` puts them back when a later evaluation was worse.
+        """
 
         def __init__(self) -> None:
             self.history: list[tuple[int, float]] = []
             self.best: float | None = None
+            self.best_step: int | None = None
+            self.best_weights: dict[str, Any] = {}
             self.bad_evals = 0
             self.stopped_early = False
             self.shown: dict[str, str] = {}
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             bar.update(1)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             logger.debug("step %d: %s", state.global_step, logs)
-            if isinstance((logs or {}).get("loss"), (int, float)):
-                self.shown["loss"] = f"{logs['loss']:.4g}"
+            loss = (logs or {}).get("loss")
+            if isinstance(loss, (int, float)):
+                self.shown["loss"] = f"{loss:.4g}"
                 bar.update(0, **self.shown)
 
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
             clean = {k.removeprefix(f"eval_{name}"): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
             own = (getattr(evaluator, "primary_metric", None) or "").removeprefix(name)  # known once the evaluator has run
             key = next((k for k in (task.primary_metric, own) if k in clean), None)
@@ -616,7 +730,8 @@ def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience
         def _stop_early(self, step: int, score: float) -> bool:
             self.history.append((step, score))
             if self.best is None or (score > self.best if task.greater_is_better else score < self.best):
-                self.best, self.bad_evals = score, 0
+                self.best, self.best_step, self.bad_evals = score, step, 0
+                self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
                 return False
             self.bad_evals += 1
             if patience is not None and self.bad_evals >= patience:
@@ -624,10 +739,23 @@ def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience
                 self.stopped_early = True
             return self.stopped_early
 
+        def restore_best(self) -> None:
+            """Put back the weights of the best dev evaluation when the last one was not it (then drop the copy)."""
+            weights, self.best_weights = self.best_weights, {}
+            if self.best_step is None or self.history[-1][0] == self.best_step:
+                return
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in weights:
+                        p.copy_(weights[n])
+            logger.info("restored the weights of step %d (dev %s=%.4f); the last evaluation, step %d, scored %.4f", self.best_step, task.primary_metric, self.best, *self.history[-1])
+
     return DevMonitor()
 
 
-def _make_st_trainer(model, train_ds, loss, evaluator, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, bool], device: str, in_batch_negatives: bool, callbacks: list[Any]):
+def _make_st_trainer(
+    model: Any, train_ds: Any, loss: Any, evaluator: Any, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, Any], device: str, in_batch_negatives: bool, callbacks: list[Any]
+) -> Any:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from transformers.trainer_callback import PrinterCallback
@@ -635,15 +763,26 @@ def _make_st_trainer(model, train_ds, loss, evaluator, t_cfg: TrainingConfig, sc
     total = _planned_steps(t_cfg, len(train_ds))
     eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, len(train_ds))
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(scratch), num_train_epochs=t_cfg.epochs, max_steps=t_cfg.max_steps or -1, seed=t_cfg.seed, data_seed=t_cfg.seed,
-        per_device_train_batch_size=t_cfg.batch_size, per_device_eval_batch_size=t_cfg.eval_batch_size,
-        learning_rate=t_cfg.learning_rate, lr_scheduler_type=t_cfg.scheduler, weight_decay=t_cfg.weight_decay,
+        output_dir=str(scratch),
+        num_train_epochs=t_cfg.epochs,
+        max_steps=t_cfg.max_steps or -1,
+        seed=t_cfg.seed,
+        data_seed=t_cfg.seed,
+        per_device_train_batch_size=t_cfg.batch_size,
+        per_device_eval_batch_size=t_cfg.eval_batch_size,
+        learning_rate=t_cfg.learning_rate,
+        lr_scheduler_type=t_cfg.scheduler,
+        weight_decay=t_cfg.weight_decay,
         warmup_steps=t_cfg.warmup_ratio,  # a float is a ratio in transformers>=5
-        eval_strategy="steps", eval_steps=min(eval_steps, total), save_strategy="no", report_to="none",
+        eval_strategy="steps",
+        eval_steps=min(eval_steps, total),
+        save_strategy="no",
+        report_to="none",
         logging_steps=max(1, min(50, total // 5 or 1)),
         logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
         disable_tqdm=True,  # steps go to the reporter (the monitor); the console is the CLI's
-        use_cpu=device == "cpu", dataloader_pin_memory=device == "cuda",
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
         batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
         **precision,
     )

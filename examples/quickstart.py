@@ -4,9 +4,9 @@ HF_HUB_OFFLINE=1 python examples/quickstart.py [--epochs 2] [--output-dir runs/q
 """
 
 import argparse
+from importlib import resources
 
 from embedft import Trainer
-from embedft.cli import demo_config
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/quickstart")
     args = parser.parse_args()
 
-    data = demo_config().data.source  # a TSV shipped inside the package; any CSV/TSV/JSONL/Parquet works
+    data = str(resources.files("embedft") / "resources" / "demo_duplicate_questions.tsv")  # shipped in the package; any CSV/TSV/JSONL/Parquet works
     trainer = Trainer(
         data=data,
         base_model="sentence-transformers/all-MiniLM-L6-v2",

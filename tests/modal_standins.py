@@ -206,4 +206,3 @@ class OfflineModal(ModalExecutor):
             return call
 
         return spawn, self.reports, self.decisions
-

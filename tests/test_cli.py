@@ -5,6 +5,7 @@ import sys
 import pytest
 import yaml
 
+from embedft import ConfigError
 from embedft.cli import demo_config, main
 
 from conftest import DEMO_DATA
@@ -36,6 +37,26 @@ def test_train_with_set_overrides(tmp_path, tiny_model_path, capsys):
     assert main(["-q", "train", str(cfg), "--overwrite"]) == 0
 
 
+@pytest.mark.parametrize("missing", ["module", "tqdm"])
+def test_quiet_libraries_hides_and_restores_every_bar_when_the_model_card_changed(monkeypatch, missing):
+    """A sentence-transformers without the model-card module, or without its module-level tqdm: the other
+    libraries' bars are still hidden, and restored after."""
+    import sentence_transformers.base.model_card as model_card
+    from datasets.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from embedft.cli import _quiet_libraries
+
+    if missing == "module":
+        monkeypatch.setitem(sys.modules, "sentence_transformers.base.model_card", None)
+    else:
+        monkeypatch.delattr(model_card, "tqdm")
+    before = (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled())
+    with _quiet_libraries():
+        assert (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()) == (False, True)
+    assert (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()) == before
+
+
 def test_evaluate_and_inspect(tmp_path, tiny_model_path, capsys):
     assert main(["-q", "data", "inspect", str(DEMO_DATA), "--set", "data.cache=false", "--save", str(tmp_path / "splits")]) == 0
     out = capsys.readouterr().out
@@ -55,7 +76,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "training.lr" in err and "Traceback" not in err
     assert main(["data", "inspect", str(tmp_path / "missing.csv")]) == 2
     assert "data file not found" in capsys.readouterr().err
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):  # --debug: the error itself, with its traceback
         main(["--debug", "train", str(bad)])
 
 
@@ -97,10 +118,34 @@ def test_module_entry_point_runs():
 
 def test_demo_config_points_at_shipped_data():
     cfg = demo_config()
-    assert cfg.data.source.endswith("demo_duplicate_questions.tsv")
+    assert cfg.data.source.endswith("demo_product_codes.tsv")
     from pathlib import Path
 
     assert Path(cfg.data.source).is_file()
+
+
+def test_the_demo_data_is_what_its_generator_writes(tmp_path):
+    """embedft/resources/demo_product_codes.tsv comes from scripts/make_demo_data.py (seeded): regenerating gives the same bytes."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_demo_data.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "demo.tsv")], check=True, capture_output=True)
+    assert (tmp_path / "demo.tsv").read_bytes() == Path(demo_config().data.source).read_bytes()
+    from embedft import DatasetBuilder
+
+    built = DatasetBuilder(demo_config().data).build()
+    assert built.report.components == 250 and set(built.report.leakage.values()) == {0} and not built.report.warnings
+
+
+def test_train_repeats_from_the_command_line(tmp_path, tiny_model_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_path, tmp_path / "out", max_steps=2)
+    assert main(["-q", "train", str(cfg), "--repeats", "2", "--set", "training.bootstrap.resamples=100"]) == 0
+    out = capsys.readouterr().out
+    assert "2 seeds (42, 43) on the same splits" in out and "verdict: " in out
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert stored["repeats"]["seeds"] == [42, 43] and yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["training"]["repeats"] == 2
+    assert main(["-q", "train", str(cfg), "--repeats", "0", "--overwrite"]) == 2
+    assert "training.repeats" in capsys.readouterr().err
 
 
 def test_search_command_prints_the_table_and_a_trainable_best_config(tmp_path, tiny_model_path, capsys):
@@ -118,8 +163,8 @@ def test_search_command_prints_the_table_and_a_trainable_best_config(tmp_path, t
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("#"))
-    assert lines[header].split()[:4] == ["#", "state", "value", "learning_rate"]
-    assert [line.split()[1] for line in lines[header + 1 : header + 3]] == ["COMPLETE", "COMPLETE"]
+    assert lines[header].split()[:5] == ["#", "state", "value", "gain", "learning_rate"]
+    assert [line.split()[1] for line in lines[header + 1 : header + 4]] == ["REFERENCE", "COMPLETE", "COMPLETE"]  # the base model first
     assert "trials: 2 complete, 0 pruned, 0 failed" in out
     saved = yaml.safe_load((tmp_path / "s" / "search.yaml").read_text())
     assert saved["n_trials"] == 2 and saved["base"]["training"]["batch_size"] == 16

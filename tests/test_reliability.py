@@ -84,12 +84,20 @@ def test_two_drivers_share_one_study(tiny_model_path, tmp_path, backend, request
     assert {r.n_complete for r in results.values()} == {n_trials}
 
 
-def test_a_second_driver_on_a_journal_study_is_refused_with_one_line(tiny_model_path, tmp_path, capsys):
+def test_a_second_driver_on_a_journal_study_is_refused_with_one_line(tiny_model_path, tmp_path, capsys, request):
     """The journal has no heartbeats: one driver per output folder, a second is refused naming the first."""
     import socket
     import threading
 
+    import optuna
+
     from embedft.cli import main
+
+    # The first driver is a library call in this process: Optuna's own INFO lines ("A new study created")
+    # are Optuna's default there, not the CLI's output; silence them as a library user would.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    request.addfinalizer(lambda: optuna.logging.set_verbosity(verbosity))
 
     cfg = search_config(tiny_model_path, tmp_path, n_trials=3, space=LR_SPACE)
     path = cfg.save(tmp_path / "search.yaml")

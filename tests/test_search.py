@@ -58,10 +58,14 @@ def trials(output_dir):
 def test_search_completes_and_exports_a_trainable_best_config(tiny_model_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    cfg = search_config(tiny_model_path, tmp_path, space={
-        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
-        "data.max_train_pairs": {"type": "int", "low": 32, "high": 64, "step": 32},
-    })
+    cfg = search_config(
+        tiny_model_path,
+        tmp_path,
+        space={
+            "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+            "data.max_train_pairs": {"type": "int", "low": 32, "high": 64, "step": 32},
+        },
+    )
     result = OptunaSearch(cfg).run()
     assert result.n_complete == 3 and result.n_failed == 0
     rows = trials(cfg.output_dir)
@@ -94,8 +98,14 @@ def test_pruning_stops_trials_early(tiny_model_path, tmp_path):
 
 
 def test_median_pruner_prunes_a_worse_trial(tmp_path, tiny_model_path):
-    cfg = search_config(tiny_model_path, tmp_path, n_trials=4, space={"training.learning_rate": {"type": "categorical", "choices": [0.5, 0.1]}},
-                        sampler={"type": "grid"}, pruner={"type": "median", "n_startup_trials": 1})
+    cfg = search_config(
+        tiny_model_path,
+        tmp_path,
+        n_trials=4,
+        space={"training.learning_rate": {"type": "categorical", "choices": [0.5, 0.1]}},
+        sampler={"type": "grid"},
+        pruner={"type": "median", "n_startup_trials": 1},
+    )
     study_search = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores)
     study = study_search.load_study()
     for lr in (0.5, 0.1, 0.5, 0.1):
@@ -158,8 +168,12 @@ def test_the_old_backend_setting_is_read_as_executor(caplog):
 def test_every_old_backend_config_is_still_read_as_embedft_0_1_did():
     # 0.1 ran backend: modal on Modal whatever executor said (workers did not limit it); the
     # CLI's --backend local turns executor: modal into auto, and --set backend=... does the same.
-    for data, executor in (({"backend": "modal", "executor": "process", "workers": 3}, "modal"), ({"backend": "modal", "executor": "inprocess", "workers": 3}, "modal"),
-                           ({"backend": "local", "executor": "modal"}, "auto"), ({"backend": "local", "executor": "inprocess"}, "inprocess")):
+    for data, executor in (
+        ({"backend": "modal", "executor": "process", "workers": 3}, "modal"),
+        ({"backend": "modal", "executor": "inprocess", "workers": 3}, "modal"),
+        ({"backend": "local", "executor": "modal"}, "auto"),
+        ({"backend": "local", "executor": "inprocess"}, "inprocess"),
+    ):
         assert SearchConfig.from_dict(data).executor == executor, data
     on_modal = SearchConfig(executor="modal", workers=3)
     assert on_modal.with_overrides(["backend=local"]).executor == "auto" and on_modal.with_overrides({"backend": "local"}).workers == 3
@@ -193,6 +207,8 @@ def test_older_executor_calls_and_any_executor_shaped_object_work(tmp_path):
     cfg = search_config("unused", tmp_path, n_trials=2, space=LR_SPACE)
     old = InProcessExecutor(search_helpers.fake_scores)  # the 0.1 positional form: no trials folder yet
     assert old.trials_dir is None and ProcessExecutor(2, search_helpers.fake_scores).max_parallel == 2
+    with pytest.raises(ConfigError, match="no trials_dir"):  # a clear error before a search gives it a folder, not a TypeError
+        old.remove_trials([0])
     assert OptunaSearch(cfg, executor=old).run().n_complete == 2 and old.trials_dir == tmp_path / "search" / "trials"
     shaped = Shaped(InProcessExecutor(search_helpers.fake_scores, trials_dir=tmp_path / "t"))
     assert is_executor(shaped) and not is_executor(object())
@@ -348,8 +364,7 @@ def test_a_rerun_of_another_search_on_the_same_study_is_refused(tiny_model_path,
 
     cfg = search_config(tiny_model_path, tmp_path, n_trials=2, space=LR_SPACE)
     OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
-    more = cfg.model_copy(update={"n_trials": 3, "timeout": 600.0, "pruner": cfg.pruner.model_copy(update={"type": "median"}),
-                                  "sampler": cfg.sampler.model_copy(update={"seed": 7})})
+    more = cfg.model_copy(update={"n_trials": 3, "timeout": 600.0, "pruner": cfg.pruner.model_copy(update={"type": "median"}), "sampler": cfg.sampler.model_copy(update={"seed": 7})})
     again = OptunaSearch(more, trial_fn=search_helpers.fake_scores).run()
     assert again.n_complete + again.n_pruned == 3
     out = Path(cfg.output_dir)
@@ -444,8 +459,7 @@ def test_rss_does_not_grow_across_trials(tiny_model_path, tmp_path):
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process()
     rss = []
-    cfg = search_config(tiny_model_path, tmp_path, n_trials=20, space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}},
-                        base=base(tiny_model_path), keep_best_model=False)
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=20, space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}, base=base(tiny_model_path), keep_best_model=False)
     cfg.base.data.max_train_pairs = 32
     search = OptunaSearch(cfg)
     search.on_trial_end.append(lambda result, study: rss.append(proc.memory_info().rss))
@@ -464,14 +478,13 @@ def search_texts(tmp_path):
     return {t for name in ("train", "dev") for c in ("text1", "text2") for t in built.split(name)[c]}
 
 
-@pytest.mark.parametrize("task, losses", [("retrieval", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]),
-                                          ("sts", ["CoSENTLoss", "AnglELoss"])])
+@pytest.mark.parametrize("task, losses", [("retrieval", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]), ("sts", ["CoSENTLoss", "AnglELoss"])])
 def test_search_on_other_tasks(task, losses, tiny_model_path, tmp_path, monkeypatch):
     """Retrieval (its corpus travels with the saved splits) and STS with a frozen backbone,
     whose embedding cache is shared by every trial: each distinct text is encoded once."""
-    from conftest import make_task_rows
-
     from embedft.frozen import EmbeddingCache
+
+    from conftest import make_task_rows
 
     monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
     encoded: list[str] = []
@@ -491,12 +504,18 @@ def test_search_on_other_tasks(task, losses, tiny_model_path, tmp_path, monkeypa
     if task == "sts":
         cfg["model"]["dense"] = {"out_features": 8}
         cfg["model"]["freeze_backbone"] = True
-    search = OptunaSearch(SearchConfig.from_dict({
-        "base": cfg, "n_trials": 3, "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
-        "space": {"training.loss": {"type": "categorical", "choices": losses},
-                  "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
-        "output_dir": str(tmp_path / "search"),
-    }))
+    search = OptunaSearch(
+        SearchConfig.from_dict(
+            {
+                "base": cfg,
+                "n_trials": 3,
+                "sampler": {"type": "random", "seed": 0},
+                "pruner": {"type": "none"},
+                "space": {"training.loss": {"type": "categorical", "choices": losses}, "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+                "output_dir": str(tmp_path / "search"),
+            }
+        )
+    )
     result = search.run()
     primary = search.task.primary_metric
     assert result.n_complete == 3 and primary in result.best_test and primary in result.base_test
@@ -545,3 +564,36 @@ def test_a_rerun_on_other_weights_at_the_same_model_path_is_refused(tiny_model_p
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     with pytest.raises(ConfigError, match=r"model\.base_model@files"):
         OptunaSearch(cfg.model_copy(update={"n_trials": 2}), trial_fn=search_helpers.fake_scores).run()
+
+
+def test_the_base_model_is_a_candidate_and_the_recommendation_when_no_trial_beats_it(tiny_model_path, tmp_path, capsys):
+    """Learning rates too small to move the model: no trial beats the base model on dev, and the search says so."""
+    from embedft.cli import main
+    from embedft.search import format_trials
+
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, space={"training.learning_rate": {"type": "float", "low": 1e-12, "high": 1e-11, "log": True}})
+    result = OptunaSearch(cfg).run()
+    assert result.n_complete == 2 and result.base_value == result.base_dev["cosine_ap"] and set(result.base_test) >= {"cosine_ap"}
+    assert result.best_value <= result.base_value, (result.best_value, result.base_value)
+    assert result.recommendation == "base model" and "the base model is the recommendation" in result.message
+    stored = json.loads((Path(cfg.output_dir) / "search_result.json").read_text())
+    assert stored["recommendation"] == "base model" and stored["base_value"] == result.base_value
+    rows = trials(cfg.output_dir)
+    assert [r["dev_gain"] for r in rows] == pytest.approx([r["value"] - result.base_value for r in rows])
+    table = format_trials(rows, best=result.best_number, reference=result.base_value).splitlines()
+    assert table[1].split()[:3] == ["base", "REFERENCE", f"{result.base_value:.4f}"] and len(table) == 4
+    assert {p.name for p in result.plots} >= {"optimization_history.png"}
+    # The command line says it too (the study resumes: no trial runs again, the base model is scored once).
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(json.dumps(cfg.to_dict()))
+    assert main(["-q", "search", str(search_file)]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation: no trial beats the base model on dev" in out and "REFERENCE" in out
+    assert len(list((Path(cfg.output_dir) / "baselines").iterdir())) == 1
+
+
+def test_a_trial_that_beats_the_base_model_is_the_recommendation(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, space={"training.learning_rate": {"type": "categorical", "choices": [0.5, 0.9]}})
+    result = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()  # fake dev scores of 500+: far above any real AP
+    assert result.recommendation == "best trial" and result.best_value > result.base_value
+    assert result.message.startswith(f"best trial #{result.best_number} beats the base model on dev by +")

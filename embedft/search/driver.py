@@ -22,8 +22,8 @@ from embedft.files import atomic_write_text, check_output_dir, mark, owner
 from embedft.redact import mask_values
 from embedft.search.config import SearchConfig, resolve_params
 from embedft.search.plots import draw_plots
-from embedft.search.report import SearchResult, evaluate_on_test, write_tables
-from embedft.search.study import StudyStorage, best_of, check_fingerprint, driver_id, grid_exhausted, is_surplus, make_pruner, make_sampler, study_fingerprint
+from embedft.search.report import SearchResult, base_reference, evaluate_on_test, write_tables
+from embedft.search.study import Heartbeat, StudyStorage, best_of, check_fingerprint, driver_id, grid_exhausted, is_surplus, make_pruner, make_sampler, study_fingerprint
 from embedft.tasks import get_task
 from embedft.trial import TrialResult
 
@@ -72,9 +72,16 @@ class OptunaSearch:
     """
 
     def __init__(
-        self, config: SearchConfig | dict[str, Any], *, executor: Executor | None = None, sampler: optuna.samplers.BaseSampler | None = None,
-        pruner: optuna.pruners.BasePruner | None = None, trial_fn: Callable | None = None, progress: SearchProgress | None = None,
-        heartbeat_interval: int = 10, grace_period: int = 60,
+        self,
+        config: SearchConfig | dict[str, Any],
+        *,
+        executor: Executor | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+        trial_fn: Callable | None = None,
+        progress: SearchProgress | None = None,
+        heartbeat_interval: int = 10,
+        grace_period: int = 60,
     ) -> None:
         import optuna
 
@@ -88,18 +95,18 @@ class OptunaSearch:
         ):
             if value is not None and not ok:
                 raise ConfigError(f"{name} must be {expected}", field=name, expected=f"{expected} (or None)", found=type(value).__name__)
-        for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a whole number of seconds", field=name, expected="an int > 0", found=repr(value))
+        for name, seconds in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+                raise ConfigError(f"{name} must be a whole number of seconds", field=name, expected="an int > 0", found=repr(seconds))
         if grace_period <= heartbeat_interval:
             raise ConfigError("grace_period must be longer than heartbeat_interval", field="grace_period", expected=f"> {heartbeat_interval}", found=grace_period)
         self.task = get_task(self.config.base.task)
         self.output_dir = Path(self.config.output_dir).expanduser()
         self.study_storage = StudyStorage(self.config, self.output_dir, heartbeat_interval, grace_period)
         self.progress = progress or SearchProgress()
-        self.on_trial_end: list[Callable[[TrialResult, Any], None]] = []
+        self.on_trial_end: list[Callable[[TrialResult, optuna.Study], None]] = []
         self._executor, self._sampler, self._pruner, self._trial_fn = executor, sampler, pruner, trial_fn
-        if getattr(executor, "trials_dir", "") is None:  # built without one (the older InProcessExecutor(fn) form)
+        if executor is not None and getattr(executor, "trials_dir", "") is None:  # built without one (the older InProcessExecutor(fn) form)
             executor.trials_dir = self.output_dir / "trials"
 
     def storage_url(self) -> str:
@@ -120,7 +127,7 @@ class OptunaSearch:
             mark(self.output_dir, "search")
         return self.output_dir
 
-    def load_study(self):
+    def load_study(self) -> optuna.Study:
         """Create or reopen the study in the configured storage."""
         self.prepare_output()  # the journal lives there: checked and marked before anything is written
         sampler = self._sampler or make_sampler(self.config.sampler, self.config.space)
@@ -172,12 +179,12 @@ class OptunaSearch:
         return self._finish(study, executor, path)
 
     @staticmethod
-    def _finished(study, *extra) -> int:
+    def _finished(study: optuna.Study, *extra: optuna.trial.TrialState) -> int:
         from optuna.trial import TrialState
 
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, *extra)))
 
-    def _loop(self, study, executor: Executor) -> None:
+    def _loop(self, study: optuna.Study, executor: Executor) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -208,10 +215,10 @@ class OptunaSearch:
                 if failures > max_failures or (timed_out and running):  # record the trials still running as failed; closing the executor stops them
                     why = f"the search stopped after {failures} failed trials" if failures > max_failures else f"the search timeout ({cfg.timeout:g}s) was reached"
                     logger.warning("stopping: %s", why)
-                    for number, trial in running.items():
+                    for number, t in running.items():
                         with contextlib.suppress(UpdateFinishedTrialError):  # another driver failed it as stale already
-                            trial.set_user_attr("error", f"cancelled: {why}")
-                            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                            t.set_user_attr("error", f"cancelled: {why}")
+                            study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
                             logger.warning("trial %d cancelled: %s", number, why)
                     break
                 if heartbeat is not None and time.monotonic() - last_check >= store.heartbeat_interval:
@@ -257,7 +264,7 @@ class OptunaSearch:
             if heartbeat is not None:
                 heartbeat.close()
 
-    def _ask(self, study, heartbeat):
+    def _ask(self, study: optuna.Study, heartbeat: Heartbeat | None) -> optuna.trial.Trial | None:
         """A new trial, or None when it is one too many (told FAIL: drivers asked for the last trial at once)."""
         from optuna.trial import TrialState
 
@@ -276,7 +283,7 @@ class OptunaSearch:
             heartbeat.discard(trial.number)
         return None
 
-    def _sweep(self, study, executor: Executor) -> None:
+    def _sweep(self, study: optuna.Study, executor: Executor) -> None:
         """Remove the folders of this study's finished trials but the best one (with ``keep_best_model``).
 
         The executor is told which trials to drop, never which to keep: a folder of another study's
@@ -291,7 +298,7 @@ class OptunaSearch:
             executor.remove_trials(drop)
             self._removed.update(drop)
 
-    def _tell(self, study, trial, result: TrialResult) -> bool:
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, result: TrialResult) -> bool:
         """Tell the study how a trial ended; False (result dropped) when another driver finished it first.
 
         A driver whose heartbeats stopped for ``grace_period`` (a stalled machine, a lost
@@ -336,20 +343,40 @@ class OptunaSearch:
         try:
             executor.fetch(name, local)
             return True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the study and the best config stand without the model
             logger.warning("could not fetch the best trial's model (%s): %s: %s", name, type(exc).__name__, exc)
             return False
 
-    def _finish(self, study, executor: Executor, data_dir: Path) -> SearchResult:
-        """Tables, the best config, the best model and its test metrics, plots and ``search_result.json``."""
+    def _finish(self, study: optuna.Study, executor: Executor, data_dir: Path) -> SearchResult:
+        """The base model on dev (the reference), tables, the best config, the best model and its test metrics,
+        the recommendation, plots and ``search_result.json``."""
         from optuna.trial import TrialState
 
         cfg, out = self.config, self.output_dir
-        csv_path, json_path = write_tables(study, out)
-        counts = {f"n_{name}": len(study.get_trials(deepcopy=False, states=(state,))) for name, state in (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL))}
+        try:
+            base = base_reference(cfg.base, data_dir, out)
+        except Exception as exc:  # noqa: BLE001 - the reference is never worth failing a finished search
+            logger.warning("could not score the base model on dev: %s: %s", type(exc).__name__, exc)
+            base = {"dev": {}, "test": {}}
+        reference = base["dev"].get(self.task.primary_metric)
+        csv_path, json_path = write_tables(study, out, reference)
+        n = {state: len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         train_seconds = sum(float(t.user_attrs.get("train_seconds") or 0.0) for t in study.get_trials(deepcopy=False))
-        result = SearchResult(study_name=cfg.study_name, storage=self.study_storage.display_url(), **counts, trials_csv=csv_path, trials_json=json_path,
-                              output_dir=out, train_seconds=train_seconds, gpu_seconds=executor.gpu_seconds)
+        result = SearchResult(
+            study_name=cfg.study_name,
+            storage=self.study_storage.display_url(),
+            n_complete=n[TrialState.COMPLETE],
+            n_pruned=n[TrialState.PRUNED],
+            n_failed=n[TrialState.FAIL],
+            trials_csv=csv_path,
+            trials_json=json_path,
+            output_dir=out,
+            train_seconds=train_seconds,
+            gpu_seconds=executor.gpu_seconds,
+            base_dev=base["dev"],
+            base_value=reference,
+            base_test=base["test"],
+        )
         self._sweep(study, executor)  # a folder left by a driver killed between a tell and its sweep
         if best_of(study) is not None:
             best = study.best_trial
@@ -366,6 +393,11 @@ class OptunaSearch:
             elif cfg.keep_best_model and self._fetch_best(executor, f"{best.number:04d}", out / "best"):
                 result.best_model_path = out / "best" / "model"
                 result.best_test, result.base_test = evaluate_on_test(best_cfg, result.best_model_path, data_dir, out)
-        result.plots = draw_plots(study, out, self.task.primary_metric, learning_curve="data.max_train_pairs" in cfg.space)
+        if reference is not None:
+            sign = 1 if self.task.greater_is_better else -1
+            beats = result.best_value is not None and sign * (result.best_value - reference) > 0
+            result.recommendation = "best trial" if beats else "base model"
+            logger.info("%s", result.message)
+        result.plots = draw_plots(study, out, self.task.primary_metric, learning_curve="data.max_train_pairs" in cfg.space, reference=reference)
         atomic_write_text(out / "search_result.json", result.model_dump_json(indent=2))
         return result

@@ -6,24 +6,33 @@ Drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas; nothing globa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedft.files import replacing
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from optuna.trial import FrozenTrial
 
 __all__ = ["draw_plots"]
 
 logger = logging.getLogger(__name__)
 
 
-def draw_plots(study, output_dir: Path, metric: str, learning_curve: bool = False) -> list[Path]:
+def draw_plots(study: optuna.Study, output_dir: Path, metric: str, learning_curve: bool = False, reference: float | None = None) -> list[Path]:
     """Draw the plots of a study into ``OUTPUT_DIR/plots``; a plot that fails is logged and skipped.
 
     ``metric`` labels the value axis; ``learning_curve`` adds dev ``metric`` against
-    ``data.max_train_pairs`` (when that is searched).
+    ``data.max_train_pairs`` (when that is searched); ``reference`` (the base model's dev score)
+    is a dashed line on the plots of dev values.
     """
     from optuna.trial import TrialState
 
@@ -45,16 +54,21 @@ def draw_plots(study, output_dir: Path, metric: str, learning_curve: bool = Fals
                 warnings.simplefilter("ignore")  # optuna's importance evaluators warn on tiny studies
                 if draw(fig.axes[0], study, complete, f"dev {metric}") is False:
                     continue
+            if reference is not None and name != "param_importances":
+                ax = fig.axes[0]
+                ax.axhline(reference, color="grey", linestyle="--", label="base model")
+                if len(ax.get_legend_handles_labels()[0]) <= 12:
+                    ax.legend(fontsize="small")
             path = output_dir / "plots" / f"{name}.png"
             with replacing(path, suffix=path.suffix) as tmp:  # a file hard-linked elsewhere is never rewritten
                 fig.savefig(tmp, dpi=100, bbox_inches="tight")
             out.append(path)
-        except Exception as exc:  # a plot is never worth failing a finished search
+        except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a finished search
             logger.warning("could not draw %s: %s", name, exc)
     return out
 
 
-def _figure():
+def _figure() -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -64,17 +78,17 @@ def _figure():
     return fig
 
 
-def _history(ax, study, complete, label: str) -> None:
-    numbers, values = [t.number for t in complete], [t.value for t in complete]
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    best = [pick(values[: i + 1]) for i in range(len(values))]
+def _history(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], label: str) -> None:
+    trials = [(t.number, t.value) for t in complete if t.value is not None]  # every complete trial has a value
+    numbers, values = [n for n, _ in trials], [v for _, v in trials]
+    best = list(itertools.accumulate(values, max if study.direction.name == "MAXIMIZE" else min))
     ax.plot(numbers, values, "o", label="trial")
     ax.step(numbers, best, where="post", label="best so far")
     ax.set(xlabel="trial", ylabel=label, title="optimisation history")
     ax.legend()
 
 
-def _intermediate(ax, study, complete, label: str) -> None:
+def _intermediate(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], label: str) -> None:
     for t in study.get_trials(deepcopy=False):
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
@@ -82,7 +96,7 @@ def _intermediate(ax, study, complete, label: str) -> None:
     ax.set(xlabel="step", ylabel=label, title="intermediate values")
 
 
-def _importances(ax, study, complete, label: str) -> None:
+def _importances(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], label: str) -> None:
     import optuna
 
     importances = optuna.importance.get_param_importances(study)
@@ -91,8 +105,8 @@ def _importances(ax, study, complete, label: str) -> None:
     ax.set(xlabel=f"importance for {label}", title="parameter importances")
 
 
-def _learning_curve(ax, study, complete, label: str) -> bool:
-    pts = sorted((t.params["data.max_train_pairs"], t.value) for t in complete if t.params.get("data.max_train_pairs") is not None)
+def _learning_curve(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], label: str) -> bool:
+    pts = sorted((t.params["data.max_train_pairs"], t.value) for t in complete if t.params.get("data.max_train_pairs") is not None and t.value is not None)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o")
     ax.set(xlabel="training pairs", ylabel=label, title="learning curve")
     return bool(pts)

@@ -1,9 +1,15 @@
-"""What a search reports: the trials table (CSV and JSON), :class:`SearchResult`, and the test
-metrics of the best model next to the base model's.
+"""What a search reports: the trials table (CSV and JSON), :class:`SearchResult`, and the best
+model next to the base model, which is a candidate too: scored on dev once, a reference row in
+the printed table and a line in the plots, each trial's ``dev_gain`` over it, and the
+recommendation when no trial beats it.
 
     >>> print(format_trials([{"number": 0, "state": "COMPLETE", "value": 0.8123, "param:training.epochs": 2, "seconds": 12.5}], best=0))
     #   state     value   epochs  seconds  error
     0*  COMPLETE  0.8123  2       12.5000  -
+    >>> print(format_trials([{"number": 0, "state": "COMPLETE", "value": 0.8123, "dev_gain": -0.01, "seconds": 12.5}], best=0, reference=0.8223))
+    #     state      value   gain     seconds  error
+    base  REFERENCE  0.8223  -        -        the base model, untrained
+    0*    COMPLETE   0.8123  -0.0100  12.5000  -
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import csv
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -20,11 +26,19 @@ from embedft.config import RunConfig
 from embedft.files import atomic_write_text, replacing
 from embedft.redact import mask_values
 
-__all__ = ["SearchResult", "format_trials", "trial_rows", "write_tables", "evaluate_on_test"]
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+    from optuna.trial import FrozenTrial
+
+__all__ = ["SearchResult", "format_trials", "trial_rows", "write_tables", "evaluate_on_test", "base_reference"]
 
 
 class SearchResult(BaseModel):
-    """The outcome of a search: counts, the best trial, its test metrics, the files written."""
+    """The outcome of a search: counts, the best trial, its test metrics, the base model as a reference, the files written.
+
+    ``recommendation`` is ``"base model"`` when no trial beats the base model on dev (the
+    primary metric; ``base_value``), else ``"best trial"``; :attr:`message` says it in words.
+    """
 
     study_name: str
     storage: str
@@ -38,6 +52,9 @@ class SearchResult(BaseModel):
     best_model_path: Path | None = None
     best_test: dict[str, float] = {}
     base_test: dict[str, float] = {}
+    base_dev: dict[str, float] = {}  # the base model on dev: the reference every trial is compared with
+    base_value: float | None = None  # its primary metric on dev
+    recommendation: Literal["best trial", "base model"] | None = None
     train_seconds: float = 0.0
     gpu_seconds: float | None = None
     trials_csv: Path
@@ -45,15 +62,30 @@ class SearchResult(BaseModel):
     plots: list[Path] = []
     output_dir: Path
 
+    @property
+    def message(self) -> str | None:
+        """What to use: the best trial, or the base model when no trial beats it on dev (None without a reference)."""
+        if self.recommendation is None or self.base_value is None:
+            return None
+        if self.recommendation == "best trial" and self.best_value is not None:
+            return f"best trial #{self.best_number} beats the base model on dev by {self.best_value - self.base_value:+.4f}"
+        found = "no trial completed" if self.best_value is None else f"the best trial #{self.best_number} scored {self.best_value:.4f}"
+        return (
+            f"no trial beats the base model on dev ({self.base_value:.4f}; {found}): the base model is the recommendation. "
+            "Try more or other training data, another loss, or a space that moves the model (learning rate, epochs)"
+        )
 
-def trial_rows(study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, parameters (secrets masked), timings, steps, error line."""
+
+def trial_rows(study: optuna.Study, reference: float | None = None) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, its ``dev_gain`` over ``reference`` (the base model's
+    dev score, when known), parameters (secrets masked), timings, steps, error line."""
     retried = {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")}
     return [
         {
             "number": t.number,
             "state": t.state.name,
             "value": t.value,
+            **({"dev_gain": t.value - reference if t.value is not None else None} if reference is not None else {}),
             **{f"param:{k}": mask_values(v) for k, v in t.params.items()},
             "seconds": t.user_attrs.get("seconds"),
             "train_seconds": t.user_attrs.get("train_seconds"),
@@ -65,7 +97,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     ]
 
 
-def _error_line(t, retried: dict[int, int]) -> str | None:
+def _error_line(t: FrozenTrial, retried: dict[int, int]) -> str | None:
     """The first line of a trial's error; a trial failed without one was failed as stale (no heartbeat).
 
     ``retried`` maps a trial that Optuna's retry callback queued again to the number of its retry.
@@ -79,9 +111,9 @@ def _error_line(t, retried: dict[int, int]) -> str | None:
     return f"interrupted: its driver stopped recording heartbeats{again}"
 
 
-def write_tables(study, output_dir: Path) -> tuple[Path, Path]:
-    """Write ``trials.csv`` and ``trials.json`` (each atomically); returns their paths."""
-    rows = trial_rows(study)
+def write_tables(study: optuna.Study, output_dir: Path, reference: float | None = None) -> tuple[Path, Path]:
+    """Write ``trials.csv`` and ``trials.json`` (each atomically; with ``dev_gain`` once the base model's dev score is known); returns their paths."""
+    rows = trial_rows(study, reference)
     csv_path, json_path = output_dir / "trials.csv", output_dir / "trials.json"
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with replacing(csv_path) as tmp_csv, tmp_csv.open("w", newline="", encoding="utf-8") as fh:
@@ -92,10 +124,14 @@ def write_tables(study, output_dir: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
-def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60) -> str:
-    """The trials table as aligned text: number, state, value, parameters, seconds, error."""
+def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60, reference: float | None = None) -> str:
+    """The trials table as aligned text: number, state, value, dev gain over the base model, parameters, seconds, error.
+
+    With ``reference`` (the base model's dev score) a first row shows the base model.
+    """
     params = list(dict.fromkeys(k for r in rows for k in r if k.startswith("param:")))
-    header = ["#", "state", "value", *(k.split(".")[-1] for k in params), "seconds", "error"]
+    gain = ["dev_gain"] if any("dev_gain" in r for r in rows) else []
+    header = ["#", "state", "value", *(["gain"] if gain else []), *(k.split(".")[-1] for k in params), "seconds", "error"]
 
     def cell(value: Any) -> str:
         if value is None:
@@ -105,31 +141,42 @@ def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error
         return str(value)
 
     table = [header]
+    if reference is not None:
+        rows = [{"number": "base", "state": "REFERENCE", "value": reference, "error": "the base model, untrained"}, *rows]
     for r in rows:
         mark = "*" if r["number"] == best else ""
         error = (r.get("error") or "")[:max_error]
-        table.append([f"{r['number']}{mark}", r["state"], cell(r.get("value")), *(cell(r.get(k)) for k in params), cell(r.get("seconds")), error or "-"])
+        gains = [f"{r['dev_gain']:+.4f}" if r.get("dev_gain") is not None else "-" for _ in gain]
+        table.append([f"{r['number']}{mark}", r["state"], cell(r.get("value")), *gains, *(cell(r.get(k)) for k in params), cell(r.get("seconds")), error or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
 
 
 def evaluate_on_test(cfg: RunConfig, model_path: Path, data_dir: Path, output_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """Test metrics of the best model and of the base model on the search's splits.
+    """Test metrics of the best model and of the base model (:func:`base_reference`) on the search's splits."""
+    from embedft.data import BuiltDataset
+    from embedft.training import Trainer
 
-    The base model's are computed once per base model (its files when it is a local folder),
-    sequence length and data, and cached in ``OUTPUT_DIR/baselines``.
+    tuned = Trainer(cfg, data=BuiltDataset.load(data_dir)).evaluate(str(model_path)).test
+    return tuned, base_reference(cfg, data_dir, output_dir)["test"]
+
+
+def base_reference(cfg: RunConfig, data_dir: Path, output_dir: Path) -> dict[str, dict[str, float]]:
+    """The base model's dev and test metrics on the search's splits (``{"dev": ..., "test": ...}``).
+
+    The base model alone (no head, nothing frozen) is evaluated once per base model (its files when it
+    is a local folder), sequence length and data; the result is cached in ``OUTPUT_DIR/baselines``.
     """
     from embedft.data import BuiltDataset
     from embedft.modeling import local_model_digest
     from embedft.training import Trainer
 
     trainer = Trainer(cfg, data=BuiltDataset.load(data_dir))
-    tuned = trainer.evaluate(str(model_path)).test
     identity = [cfg.model.base_model, local_model_digest(cfg.model.base_model), cfg.model.max_seq_length, trainer.build_data().report.fingerprint]
     path = output_dir / "baselines" / f"{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}.json"
-    if path.is_file():
-        return tuned, json.loads(path.read_text())["test"]
-    report = trainer.evaluate(cfg.model.base_model)  # the base model alone: no head, nothing frozen
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"base_model": cfg.model.base_model, "test": report.test, "dev": report.dev}, indent=2))
-    return tuned, report.test
+    if not path.is_file():
+        report = trainer.evaluate(cfg.model.base_model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"base_model": cfg.model.base_model, "test": report.test, "dev": report.dev}, indent=2))
+    stored = json.loads(path.read_text())
+    return {"dev": stored["dev"], "test": stored["test"]}
