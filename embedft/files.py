@@ -386,13 +386,20 @@ def replace_dir(tmp: Path, out: Path, *, kind: str, overwrite: bool = True) -> P
 
 
 def remove_owned(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> bool:
-    """Delete ``path`` only when embedft marked it (and, with ``kinds``, as one of them); True when removed."""
+    """Delete ``path`` only when embedft marked it (and, with ``kinds``, as one of them); True when removed.
+
+    A finished folder to which someone added files stays too (the rule :func:`check_output_dir` applies).
+    """
     path = Path(path)
     if not path.exists() or path.is_symlink():
         return False
     kind = owner(path) if path.is_dir() else None
     if kind is None or (kinds is not None and kind not in set(kinds)):
         logger.warning("not removing %s: it is not a folder embedft wrote", path)
+        return False
+    foreign = _foreign_entries(path)
+    if foreign:
+        logger.warning("not removing %s: it holds files embedft did not write (%s)", path, ", ".join(foreign[:5]))
         return False
     shutil.rmtree(path, ignore_errors=True)
     return True

@@ -170,6 +170,21 @@ def test_remove_owned_and_replace_dir(tmp_path):
     assert digest(mine) == digest(user_folder(tmp_path / "again"))
 
 
+def test_remove_owned_keeps_a_finished_folder_with_files_added_later(tmp_path):
+    # A search sweeps its losing trial folders with remove_owned: a note the user put in one stays.
+    trial = tmp_path / "trials" / "0003"
+    tmp = new_scratch(trial)
+    (tmp / "metrics.json").write_text("{}")
+    replace_dir(tmp, trial, kind="run")
+    (trial / "my-notes.txt").write_text("keep me")
+    assert remove_owned(trial, kinds=("run",)) is False and (trial / "my-notes.txt").read_text() == "keep me"
+    (trial / "my-notes.txt").unlink()
+    assert remove_owned(trial, kinds=("run",)) is True and not trial.exists()
+    scratch = new_scratch(tmp_path / "out")  # scratch folders list no entries: what is in them is embedft's
+    (scratch / "partial.bin").write_bytes(b"x")
+    assert remove_owned(scratch) is True and not scratch.exists()
+
+
 def test_replacement_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = new_scratch(out)
