@@ -50,7 +50,7 @@ def main() -> None:
     result = OptunaSearch(cfg).run()
     print(f"best trial #{result.best_number}: dev AP {result.best_value:.4f} {result.best_params}")
     print(f"test AP: base {result.base_test.get('cosine_ap', float('nan')):.4f} -> best {result.best_test.get('cosine_ap', float('nan')):.4f}")
-    print(f"GPU-seconds: {result.gpu_seconds:.0f}; best model: {result.best_model_path}")
+    print(f"in-trial GPU seconds: {result.gpu_seconds:.0f} (the bill, with cold starts and idle time: modal.com/settings/usage); best model: {result.best_model_path}")
 
 
 if __name__ == "__main__":

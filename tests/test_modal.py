@@ -52,10 +52,11 @@ def test_executor_objects_carry_the_config():
     assert isinstance(backend.app, modal.App) and backend.app.name == "embedft"
     assert isinstance(backend.trial_function, modal.Function)
     spec = backend.trial_function._spec_  # what Modal itself recorded for the function
-    assert spec.gpus == ["L4", "A10G"] and list(spec.volumes) == ["/vol"] and len(spec.secrets) == 1
-    # The image pins what is installed here (without +cpu, so the GPU image gets a CUDA torch).
+    assert spec.gpus == ["L4", "A10G"] and list(spec.volumes) == ["/vol"] and len(spec.secrets) == 2  # the named one, and the trial env (Modal sends env as a secret)
+    assert len(backend.prefetch_function._spec_.secrets) == 1  # the prefetch is online: no HF_HUB_OFFLINE
+    # The image takes torch from the CUDA wheel index and pins everything else to what is installed here.
     torch_version = metadata.version("torch").split("+")[0]
-    assert f"torch=={torch_version}" in backend.requirements
+    assert backend.torch == f"torch=={torch_version}" and backend.torch_index == "https://download.pytorch.org/whl/cu128"
     assert f"sentence-transformers=={metadata.version('sentence-transformers')}" in backend.requirements
     assert backend.requirements[-1] == "einops==0.8.1"
     assert all("+" not in r for r in backend.requirements)
@@ -160,6 +161,7 @@ def test_pull_copies_a_folder_atomically(tmp_path):
     (tmp_path / "vol" / "runs" / "a" / "model").mkdir(parents=True)
     (tmp_path / "vol" / "runs" / "a" / "model" / "weights.bin").write_bytes(b"x" * 200_000)
     (tmp_path / "vol" / "runs" / "a" / "metrics.json").write_text("{}")
+    volume._durable()  # committed by the container that wrote them
     backend = ModalExecutor(ModalConfig(mount="/vol"), volume=volume)
     out = backend.pull("/vol/runs/a", tmp_path / "local" / "a")
     assert (out / "model" / "weights.bin").stat().st_size == 200_000 and (out / "metrics.json").read_text() == "{}"
@@ -199,7 +201,7 @@ def test_cli_train_on_modal_and_pull(tiny_model_path, tmp_path, monkeypatch, cap
     cfg = write_config(tmp_path / "c.yaml", tiny_model_path, tmp_path / "out")
     assert main(["-q", "train", str(cfg), "--executor", "modal", "--gpu", "A10G"]) == 0
     out = capsys.readouterr().out
-    assert "training on Modal GPU A10G" in out and "cosine_ap" in out and "GPU-seconds used" in out
+    assert "training on Modal GPU A10G" in out and "cosine_ap" in out and "in-trial time only" in out and "modal.com/settings/usage" in out
     assert made[0].config.gpu == "A10G"
     assert (tmp_path / "out" / "model" / "modules.json").is_file()
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["output_dir"] == str(tmp_path / "out")
@@ -243,6 +245,8 @@ def test_a_search_removes_only_its_own_trial_folders_on_the_volume(tiny_model_pa
     assert sorted(p.name for p in trials_dir.iterdir()) == sorted(["0042", "notes", f"{result.best_number:04d}"])
     # A missing folder does not stop the others from going.
     (trials_dir / "0007").mkdir()
+    (trials_dir / "0007" / "metrics.json").write_text("{}")
+    backend.volume._durable()  # committed by the trial that wrote it
     backend.remove_trials([5, 7, 6])
     assert not (trials_dir / "0007").exists()
 

@@ -31,7 +31,7 @@ from embedft.trial import TrialResult, run_trial
 if TYPE_CHECKING:  # pragma: no cover
     from embedft.search.config import SearchConfig
 
-__all__ = ["Executor", "OnReport", "TrialFn", "RemoteTrialError", "InProcessExecutor", "ProcessExecutor", "is_executor", "make_executor", "run_once"]
+__all__ = ["Executor", "OnReport", "TrialFn", "RemoteTrialError", "InProcessExecutor", "ProcessExecutor", "is_executor", "make_executor", "run_once", "study_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,37 @@ def make_executor(config: SearchConfig, *, trial_fn: TrialFn | None = None) -> E
     """
     kind, output_dir = config.executor, Path(config.output_dir).expanduser()
     if kind == "modal":
-        import hashlib
-
         from embedft.executors.modal import ModalExecutor
 
-        key = hashlib.sha256(f"{config.storage or output_dir.resolve()}\n{config.study_name}".encode()).hexdigest()[:8]
-        return ModalExecutor(config.modal, trials_dir=f"runs/{config.study_name}-{key}/trials")
+        return ModalExecutor(config.modal, trials_dir=f"runs/{config.study_name}-{study_key(config)}/trials")
     fn = trial_fn or run_trial
     if kind == "inprocess" or (kind == "auto" and config.workers == 1):
         return InProcessExecutor(fn, trials_dir=output_dir / "trials")
     return ProcessExecutor(config.workers, fn, trials_dir=output_dir / "trials")
+
+
+def study_key(config: SearchConfig) -> str:
+    """A short hash of the study's identity: its name and where it is stored, so two studies never share a remote folder.
+
+    A server storage (PostgreSQL, MySQL) is the same study from every machine: its URL (without the
+    password) is the identity. A file storage (the default journal in ``output_dir``, a journal
+    file, SQLite) is a file on one machine: its absolute path and the machine's name are, so two
+    people running the same config from their own folders (or the same relative ``sqlite:///s.db``)
+    get different folders.
+    """
+    import hashlib
+    import socket
+
+    from embedft.redact import redact_url
+
+    storage = config.storage or ""
+    if storage.startswith("sqlite:///"):
+        storage = f"{socket.gethostname()}:sqlite:{Path(storage[len('sqlite:///') :]).expanduser().resolve()}"
+    elif "://" in storage:
+        storage = redact_url(storage)
+    else:  # a journal file, or the default journal in output_dir
+        storage = f"{socket.gethostname()}:{Path(storage.removeprefix('journal:') or config.output_dir).expanduser().resolve()}"
+    return hashlib.sha256(f"{storage}\n{config.study_name}".encode()).hexdigest()[:8]
 
 
 def run_once(run: RunConfig, executor: Executor, local_output: str | Path | None = None) -> TrialResult:
@@ -92,5 +113,5 @@ def run_once(run: RunConfig, executor: Executor, local_output: str | Path | None
             executor.fetch(name, Path(local_output).expanduser())
             run.save(Path(local_output).expanduser() / "config.yaml")  # the config as the user wrote it, not the executor's paths
     if executor.gpu_seconds is not None:
-        logger.info("training job: %.0f GPU-seconds", executor.gpu_seconds)
+        logger.info("training job: %.0f in-trial seconds", executor.gpu_seconds)
     return result

@@ -45,17 +45,20 @@ class Executor:
 
     Subclasses implement :meth:`submit` and :meth:`wait` (and :meth:`start`/:meth:`close` when
     they hold workers or a connection). ``max_parallel`` is how many trials run at once;
-    ``gpu_seconds`` is the GPU time trials used, where the executor knows it. ``trials_dir``
+    ``gpu_seconds`` is the seconds trials ran (in-trial time: no container start, image pull or
+    idle time, so not a bill), where the executor knows it. ``trials_dir``
     None: the search sets it to ``OUTPUT_DIR/trials`` (a one-trial job, to a temporary folder).
     """
 
     max_parallel: int = 1
     gpu_seconds: float | None = None
+    remote: bool = False
+    """True when trial folders live on another machine: the study remembers where, so a resumed search finds them."""
 
     def __init__(self, trials_dir: str | Path | None = None) -> None:
         self.trials_dir = Path(trials_dir).expanduser() if trials_dir is not None else None
         self.data_dir: str | None = None
-        self.models: dict[str, str] = {}  # a base model as the config names it -> where trials load it
+        self.models: dict[str, str] = {}  # a base or guide model as the config names it -> where trials load it
 
     def start(self, data_dir: str | Path, models: Iterable[str] = ()) -> None:
         """Make the saved splits in ``data_dir`` (and the local base ``models``) reachable by trials."""
@@ -67,7 +70,7 @@ class Executor:
             raise ConfigError("the executor has no trials_dir", field="executor", expected="a trials_dir (a search sets OUTPUT_DIR/trials)", found="trials_dir=None")
         return str(self.trials_dir / name)
 
-    def trial(self, number: int, params: dict[str, Any], run: RunConfig, *, name: str | None = None, **flags: bool) -> TrialConfig:
+    def trial(self, number: int, params: dict[str, Any], run: RunConfig, *, name: str | None = None, **flags: Any) -> TrialConfig:
         """The trial config for ``run``: its own folder (``name``, default ``NNNN``), no progress bar, the splits started.
 
         ``flags`` are :class:`TrialConfig` switches (``baseline``, ``evaluate_test``).
@@ -76,7 +79,8 @@ class Executor:
             found = "not started" if self.data_dir is None else "trials_dir=None"
             raise ConfigError("the executor has not been started", field="executor", expected="a trials_dir and executor.start(data_dir) before executor.trial(...)", found=found)
         model = run.model.model_copy(update={"base_model": self.models.get(run.model.base_model, run.model.base_model)})
-        training = run.training.model_copy(update={"progress": False})
+        guide = run.training.guide_model  # a local guide model (GISTEmbed) is loaded where the trial runs, like the base model
+        training = run.training.model_copy(update={"progress": False, "guide_model": self.models.get(guide, guide) if guide else guide})
         run = run.model_copy(update={"output_dir": self.trial_dir(name or f"{number:04d}"), "overwrite": True, "model": model, "training": training})
         return TrialConfig(number=number, params=params, run=run, data_dir=self.data_dir, **flags)
 
