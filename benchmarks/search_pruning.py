@@ -1,14 +1,28 @@
-"""What pruning saves: the same seeded search on a Quora subset, with and without a pruner (median by default).
+"""What a search spends: pruning, and the fixed cost of a trial, measured in one run.
 
-Both arms use a seeded random sampler, so they try the same parameter sets in the same
-order; the only difference is that the pruned arm stops a trial whose intermediate dev AP
-falls below the median of earlier trials at the same step. Compute is the sum of the
-trials' wall seconds (training + dev evaluations).
+Three arms run the same seeded search on a Quora subset (a seeded random sampler, so every arm
+tries the same parameter sets in the same order), in this process, one after the other:
 
-    HF_HUB_OFFLINE=1 python benchmarks/search_pruning.py            # ~25 min on 2 CPU cores
+- ``before``: unpruned, with the base model read from disk per trial and every dev evaluation on
+  all of dev (``reuse_base_model: false``, ``dev_subsample: null``): the per-trial cost embedft
+  had before;
+- ``unpruned``: unpruned, with the base model copied from memory and the intermediate dev scores
+  on a fixed dev subsample (the defaults);
+- ``pruned``: as ``unpruned``, with a pruner (successive halving by default; training steps are
+  the resource, rungs at ``min_resource`` x ``reduction_factor``^k steps).
 
-Prints each arm's compute and best dev AP, and the ratio pruned/unpruned
-(goal: <= 0.4 with the best dev AP within 0.005).
+Compute is the sum of the trials' wall seconds. The fixed cost of a trial is its seconds minus
+its training steps' seconds (base model, evaluations, set-up); it is compared on the same
+parameter sets in ``before`` and ``unpruned``. The RSS of this process is recorded after every
+trial of the ``unpruned`` arm (all arms run in-process). ::
+
+    HF_HUB_OFFLINE=1 python benchmarks/search_pruning.py                       # 20 trials per arm
+    HF_HUB_OFFLINE=1 python benchmarks/search_pruning.py --trials 8 --before-trials 4 --train-pairs 160
+
+Prints per arm the compute, training steps, best dev AP and pruned trials, the mean cost
+breakdown (load, tokenise, train, evaluate), and the goals: compute ratio pruned/unpruned
+<= 0.40 with the best dev AP within 0.005; per-trial fixed cost at least halved; RSS flat
+within 150 MB.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,12 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _quora import machine, minilm_path, quora_subset
 
 
-def search_config(source: Path, out: Path, args, pruner: str) -> dict:
+def search_config(source: Path, out: Path, args, arm: str) -> dict:
+    pruned = arm == "pruned"
+    pruner = {"type": args.pruner, "reduction_factor": args.reduction_factor, "min_resource": args.min_resource or args.eval_steps} if pruned else {"type": "none"}
+    if pruned and args.pruner in ("median", "percentile"):
+        pruner = {"type": args.pruner, "n_startup_trials": args.startup}
     return {
         "base": {
             "data": {"source": str(source), "cache": False, "max_train_pairs": args.train_pairs, "splits": {"train": 0.7, "dev": 0.15, "test": 0.15}},
-            "model": {"base_model": minilm_path()},
-            "training": {"epochs": 1, "batch_size": args.batch_size, "eval_steps": args.eval_steps, "device": "cpu", "seed": 42},
+            "model": {"base_model": minilm_path(), "max_seq_length": args.max_seq_length},
+            "training": {"epochs": 1, "batch_size": args.batch_size, "eval_steps": args.eval_steps, "device": "cpu", "seed": 42, "bootstrap": {"resamples": 0}},
         },
         "space": {
             "training.learning_rate": {"type": "float", "low": 1e-6, "high": 3e-4, "log": True},
@@ -41,18 +60,26 @@ def search_config(source: Path, out: Path, args, pruner: str) -> dict:
             "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
             "training.scheduler": {"type": "categorical", "choices": ["linear", "cosine", "constant"]},
         },
-        "n_trials": args.trials,
+        "n_trials": args.before_trials if arm == "before" else args.trials,
         "sampler": {"type": "random", "seed": args.seed},
-        "pruner": {"type": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 0, **({"min_resource": args.eval_steps} if pruner in ("successive_halving", "hyperband") else {})},
-        "output_dir": str(out / pruner),
+        "pruner": pruner,
+        "reuse_base_model": arm != "before",
+        "dev_subsample": None if arm == "before" else args.dev_subsample,
+        "keep_best_model": False,
+        "output_dir": str(out / arm),
     }
 
 
-def run_arm(source: Path, out: Path, args, pruner: str) -> dict:
+def run_arm(source: Path, out: Path, args, arm: str) -> dict:
+    import psutil
+
     from embedft import OptunaSearch
 
+    rss: list[int] = []
+    search = OptunaSearch(search_config(source, out, args, arm))
+    search.on_trial_end.append(lambda result, study: rss.append(psutil.Process().memory_info().rss))
     t0 = time.perf_counter()
-    result = OptunaSearch(search_config(source, out, args, pruner)).run()
+    result = search.run()
     rows = json.loads(result.trials_json.read_text())
     return {
         "wall": time.perf_counter() - t0,
@@ -61,7 +88,18 @@ def run_arm(source: Path, out: Path, args, pruner: str) -> dict:
         "best": result.best_value,
         "pruned": result.n_pruned,
         "rows": rows,
+        "rss": rss,
     }
+
+
+def fixed(row: dict) -> float:
+    """A trial's seconds besides its training steps: base model, evaluations, set-up."""
+    return float(row["seconds"] or 0.0) - float(row["train_seconds"] or 0.0)
+
+
+def mean(rows: list[dict], key) -> float:
+    values = [key(r) if callable(key) else float(r.get(key) or 0.0) for r in rows]
+    return statistics.fmean(values) if values else float("nan")
 
 
 def main() -> None:
@@ -69,31 +107,58 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000, help="Quora pairs in the subset (whole components)")
     parser.add_argument("--train-pairs", type=int, default=480)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--eval-steps", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--startup", type=int, default=2, help="trials the median pruner never prunes")
+    parser.add_argument("--eval-steps", type=int, default=3)
+    parser.add_argument("--max-seq-length", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=20, help="trials of the unpruned and pruned arms")
+    parser.add_argument("--before-trials", type=int, default=None, help="trials of the before arm (default: --trials)")
+    parser.add_argument("--dev-subsample", type=int, default=100, help="dev rows for the intermediate scores (after)")
+    parser.add_argument("--pruner", default="successive_halving", choices=["median", "percentile", "successive_halving", "hyperband"], help="the pruned arm's pruner")
+    parser.add_argument("--reduction-factor", type=int, default=3)
+    parser.add_argument("--min-resource", type=int, default=None, help="steps of the first rung (default: --eval-steps)")
+    parser.add_argument("--startup", type=int, default=2, help="trials a median/percentile pruner never prunes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pruner", default="median", choices=["median", "percentile", "successive_halving", "hyperband"], help="the pruned arm's pruner")
     args = parser.parse_args()
+    args.before_trials = args.trials if args.before_trials is None else args.before_trials
 
     print(f"machine: {machine()}; pruned arm: {args.pruner}")
     with tempfile.TemporaryDirectory() as tmp:
         source = quora_subset(args.pairs, Path(tmp) / "quora_subset.tsv", seed=args.seed)
-        arms = {name: run_arm(source, Path(tmp), args, name) for name in ("none", args.pruner)}
-    arms["pruned"] = arms.pop(args.pruner)
+        arms = {name: run_arm(source, Path(tmp), args, name) for name in ("before", "unpruned", "pruned") if name != "before" or args.before_trials}
 
-    print(f"\n{args.trials} trials per arm, random sampler seed {args.seed}, {args.train_pairs} training pairs, batch {args.batch_size}, dev AP every {args.eval_steps} steps")
+    print(
+        f"\n{args.trials} trials per arm ({args.before_trials} before), random sampler seed {args.seed}, {args.train_pairs} training pairs, "
+        f"batch {args.batch_size}, max_seq_length {args.max_seq_length}, dev AP every {args.eval_steps} steps, dev subsample {args.dev_subsample} rows"
+    )
     print(f"{'trial':>5} {'params':<60} {'unpruned':>10} {'pruned':>16}")
-    for a, b in zip(arms["none"]["rows"], arms["pruned"]["rows"], strict=True):
+    for a, b in zip(arms["unpruned"]["rows"], arms["pruned"]["rows"], strict=True):
         params = ", ".join(f"{k.split('.')[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in a.items() if k.startswith("param:"))
         state = b["state"] if b["state"] != "COMPLETE" else f"{b['value']:.4f}"
-        print(f"{a['number']:>5} {params.replace('param:', ''):<60} {a['value']:>10.4f} {state:>9} ({b['train_steps']:>2} st)")
-    for name, label in (("none", "unpruned"), ("pruned", args.pruner)):
-        r = arms[name]
-        print(f"{label:<9} compute {r['compute']:7.1f}s  train steps {r['steps']:4d}  best dev AP {r['best']:.4f}  pruned trials {r['pruned']}")
-    ratio = arms["pruned"]["compute"] / arms["none"]["compute"]
-    gap = arms["none"]["best"] - arms["pruned"]["best"]
-    print(f"compute ratio pruned/unpruned: {ratio:.3f} (goal <= 0.4); best dev AP gap {gap:+.4f} (goal <= 0.005)")
+        unpruned = f"{a['value']:.4f}" if a["value"] is not None else a["state"]
+        print(f"{a['number']:>5} {params.replace('param:', ''):<60} {unpruned:>10} {state:>9} ({b['train_steps'] or 0:>2} st)")
+    print(
+        f"\n{'arm':<9} {'compute s':>9} {'wall s':>7} {'steps':>5} {'best dev AP':>11} {'pruned':>6} | mean per trial s: {'total':>6} {'load':>5} {'tokenise':>8} {'train':>6} {'eval':>5} {'fixed':>6}"
+    )
+    for name, r in arms.items():
+        rows = r["rows"]
+        breakdown = " ".join(f"{mean(rows, k):{w}.2f}" for k, w in (("seconds", 6), ("load_seconds", 5), ("tokenise_seconds", 8), ("train_seconds", 6), ("eval_seconds", 5)))
+        print(f"{name:<9} {r['compute']:9.1f} {r['wall']:7.1f} {r['steps']:5d} {r['best']:11.4f} {r['pruned']:6d} |                   {breakdown} {mean(rows, fixed):6.2f}")
+    ratio = arms["pruned"]["compute"] / arms["unpruned"]["compute"]
+    gap = arms["unpruned"]["best"] - arms["pruned"]["best"]
+    print(f"\ncompute ratio pruned/unpruned: {ratio:.3f} (goal <= 0.40); best dev AP gap {gap:+.4f} (goal <= 0.005)")
+    if "before" in arms:
+        n = len(arms["before"]["rows"])
+        before, after = arms["before"]["rows"], arms["unpruned"]["rows"][:n]  # the same parameter sets
+        fb, fa = mean(before, fixed), mean(after, fixed)
+        print(f"per-trial fixed cost (seconds besides training steps), same {n} parameter sets: before {fb:.2f}s, after {fa:.2f}s, after/before {fa / fb:.3f} (goal <= 0.5)")
+        print(f"  load {mean(before, 'load_seconds'):.2f}s -> {mean(after, 'load_seconds'):.2f}s; evaluate {mean(before, 'eval_seconds'):.2f}s -> {mean(after, 'eval_seconds'):.2f}s")
+        old = arms["pruned"]["compute"] / arms["before"]["compute"] * n / args.trials if args.before_trials != args.trials else arms["pruned"]["compute"] / arms["before"]["compute"]
+        print(f"compute ratio pruned (after) / unpruned (before){' (before scaled to ' + str(args.trials) + ' trials)' if n != args.trials else ''}: {old:.3f}")
+    tok = mean(arms["unpruned"]["rows"], "tokenise_seconds") / mean(arms["unpruned"]["rows"], "seconds")
+    print(f"tokenising: {mean(arms['unpruned']['rows'], 'tokenise_seconds'):.2f}s per unpruned trial, {100 * tok:.1f}% of its seconds")
+    rss = [x / 2**20 for x in arms["unpruned"]["rss"]]
+    if len(rss) > 5:
+        growth = rss[-1] - rss[4]
+        print(f"RSS across the {len(rss)} unpruned trials (in-process): {rss[4]:.0f} MB after trial 5 -> {rss[-1]:.0f} MB after the last, {growth:+.0f} MB (goal: within 150 MB)")
 
 
 if __name__ == "__main__":

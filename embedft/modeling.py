@@ -12,7 +12,7 @@ from embedft.errors import ConfigError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model", "position_limit", "local_model_digest"]
+__all__ = ["resolve_base_model", "resolve_device", "resolve_precision", "load_model", "position_limit", "local_model_digest", "BaseModelCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,87 @@ def position_limit(model: SentenceTransformer) -> int | None:
     return None
 
 
-def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> SentenceTransformer:
-    """The base model with the configured max length, Dense head and frozen backbone."""
+class BaseModelCache:
+    """Base models kept in memory, so a worker that runs many trials reads each from disk once.
+
+    :meth:`get` returns a fresh deep copy of the pristine model loaded the first time: the same
+    weights, tokenizer and settings a load from disk gives, and the copy a trial trains never
+    touches the pristine one. The pristine models stay in CPU memory (a GPU holds only the copy
+    that trains); at most ``max_models`` are kept (least recently used dropped), so the memory
+    one worker holds is bounded. A local folder whose files changed (:func:`local_model_digest`)
+    is loaded again. ``max_models=0`` keeps nothing: every :meth:`get` reads the model from disk.
+
+    >>> cache = BaseModelCache(max_models=1)
+    >>> cache.max_models, len(cache)
+    (1, 0)
+    """
+
+    def __init__(self, max_models: int = 1) -> None:
+        if max_models < 0:
+            raise ValueError(f"max_models must be >= 0, got {max_models}")
+        from collections import OrderedDict
+
+        self.max_models = max_models
+        self._models: OrderedDict[tuple, SentenceTransformer] = OrderedDict()
+        self.loads = 0  # loads from disk (or the hub cache)
+        self.copies = 0  # copies handed out from memory
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, source: str, device: str, trust_remote_code: bool = False) -> SentenceTransformer:
+        """A fresh copy of the base model ``source`` (a resolved path or hub id) on ``device``."""
+        import copy
+
+        if self.max_models == 0:
+            self.loads += 1
+            return _read_model(source, device, trust_remote_code, source)
+        key = (source, local_model_digest(source), trust_remote_code)
+        if key not in self._models:
+            self._models[key] = _in_memory(_read_model(source, "cpu", trust_remote_code, source))
+            self.loads += 1
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        self._models.move_to_end(key)
+        self.copies += 1
+        model = copy.deepcopy(self._models[key])
+        return model if device == "cpu" else model.to(device)
+
+    def clear(self) -> None:
+        """Drop every kept model."""
+        self._models.clear()
+
+
+def _in_memory(model: SentenceTransformer) -> SentenceTransformer:
+    """``model`` with its weights in memory of their own: a load maps the weight files lazily, and each
+    copy would read them through the mapping again."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model
+
+
+def _read_model(source: str, device: str, trust_remote_code: bool, name: str) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(source, device=device, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - hub/network/format errors come in many types
+        raise ModelError(
+            f"cannot load base model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            field="model.base_model",
+            expected="a local model folder, or a hub id that is cached or reachable (HF_HUB_OFFLINE=1 forbids downloads)",
+            found=name,
+        ) from None
+
+
+def load_model(cfg: ModelConfig, device: str, seed: int | None = None, cache: BaseModelCache | None = None) -> SentenceTransformer:
+    """The base model with the configured max length, Dense head and frozen backbone.
+
+    With ``cache`` the base model is a copy of the one kept in memory (read from disk once).
+    """
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
@@ -145,16 +224,11 @@ def load_model(cfg: ModelConfig, device: str, seed: int | None = None) -> Senten
     source = resolve_base_model(cfg.base_model)
     if cfg.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run on this machine", cfg.base_model)
-    try:
-        model = SentenceTransformer(source, device=device, trust_remote_code=cfg.trust_remote_code)
-    except Exception as exc:  # noqa: BLE001 - hub/network/format errors come in many types
-        raise ModelError(
-            f"cannot load base model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            field="model.base_model",
-            expected="a local model folder, or a hub id that is cached or reachable (HF_HUB_OFFLINE=1 forbids downloads)",
-            found=cfg.base_model,
-        ) from None
-    if cfg.max_seq_length is not None:
+    if cache is not None:
+        model = cache.get(source, device, cfg.trust_remote_code)
+    else:
+        model = _read_model(source, device, cfg.trust_remote_code, cfg.base_model)
+    if isinstance(cfg.max_seq_length, int):  # auto: sized to the data by the trainer
         limit = position_limit(model)
         if limit is not None and cfg.max_seq_length > limit:
             raise ConfigError(

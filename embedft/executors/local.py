@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from embedft.executors.base import Executor, OnReport
-from embedft.trial import Report, TrialConfig, TrialResult, run_trial
+from embedft.trial import Report, TrialConfig, TrialResult, run_trial, worker_models
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "TrialFn"]
 
@@ -36,7 +36,10 @@ def _guarded(trial_fn: TrialFn, config: TrialConfig, report: Report) -> TrialRes
 
 
 class InProcessExecutor(Executor):
-    """Runs one trial at a time in the calling process."""
+    """Runs one trial at a time in the calling process.
+
+    The trials share this process's base-model copy (:func:`~embedft.trial.worker_models`), dropped at :meth:`close`.
+    """
 
     def __init__(self, trial_fn: TrialFn = run_trial, *, trials_dir: str | Path | None = None) -> None:
         super().__init__(trials_dir)
@@ -55,8 +58,9 @@ class InProcessExecutor(Executor):
         return [_guarded(self._trial_fn, config, lambda step, value: on_report(config.number, step, value))]
 
     def close(self) -> None:
-        """Drop the queued trials."""
+        """Drop the queued trials and the base model this process kept for them."""
         self._pending.clear()
+        worker_models().clear()
 
 
 def _worker_main(conn: mp_connection.Connection, trial_fn: TrialFn, threads: int, gpu: str | None, decision_timeout: float) -> None:

@@ -13,7 +13,7 @@ split is evaluated only for the best trial::
     result = search.run()
     print(result.best_value, result.best_config_path)
 
-The modules, like Optuna's: :mod:`~embedft.search.config` (the space and config),
+The modules, like Optuna's: :mod:`~embedft.search.config` (the space and config), :mod:`~embedft.search.preset` (``space: auto``),
 :mod:`~embedft.search.driver` (ask/tell), :mod:`~embedft.search.study` (study, storage,
 heartbeats, lock, fingerprints, crash recovery), :mod:`~embedft.search.report` (tables and
 result), :mod:`~embedft.search.plots`.
@@ -21,6 +21,7 @@ result), :mod:`~embedft.search.plots`.
 
 from embedft.search.config import CategoricalParam, FloatParam, IntParam, Param, PrunerConfig, SamplerConfig, SearchConfig, resolve_params
 from embedft.search.driver import OptunaSearch, SearchProgress
+from embedft.search.preset import auto_space
 from embedft.search.report import SearchResult, format_trials
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "OptunaSearch",
     "format_trials",
     "resolve_params",
+    "auto_space",
 ]

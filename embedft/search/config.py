@@ -13,12 +13,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+from typing_extensions import Self
 
 from embedft.config import ConfigBase, ModalConfig, RunConfig, Seed, StrictModel, validate_config
 from embedft.errors import ConfigError
 from embedft.files import atomic_write_text
 from embedft.redact import mask_values, redact_url, url_problem
+from embedft.search.preset import PRESETS, auto_space
 from embedft.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,6 +156,22 @@ class SearchConfig(ConfigBase):
           model.dense.out_features: {type: categorical, choices: [null, 128, 256]}  # null: no head
           data.max_train_pairs: {type: int, low: 500, high: 4000, step: 500}      # a learning curve
         n_trials: 20
+
+    What a trial pays besides its training steps: ``reuse_base_model`` (default on) copies the
+    base model each worker keeps in memory instead of reading it from disk per trial;
+    ``dev_subsample`` (default 1000 rows; null: all of dev) is the size of the fixed subsample of
+    dev, whole groups stratified by label, on which the intermediate scores the pruner sees are
+    computed; a completed trial's value is always its score on the whole dev split.
+
+    ``second_objective`` (``dimension``: the trial's embedding size, or ``latency``: its encode
+    milliseconds per text, both minimised) makes the study multi-objective: the result holds the
+    Pareto front, and the recommended trial is the front's smallest (fastest) one whose dev score
+    is within ``pareto_tolerance`` of the front's best. Such a study is not pruned (Optuna prunes
+    single-objective studies only): the pruner setting is not used, with a warning.
+
+    ``warm_start`` (an earlier search folder, or a storage URL holding a study named
+    ``study_name``) queues the ``warm_start_trials`` best configurations of that study first,
+    without the parameters this space no longer has.
     """
 
     base: RunConfig = Field(default_factory=RunConfig)
@@ -171,6 +189,44 @@ class SearchConfig(ConfigBase):
     output_dir: str = "runs/search"
     keep_best_model: bool = True
     retrain_best: bool = False
+    dev_subsample: int | None = Field(1000, ge=10)
+    reuse_base_model: bool = True
+    second_objective: Literal["dimension", "latency"] | None = None
+    pareto_tolerance: float = Field(0.005, ge=0)
+    warm_start: str | None = Field(None, min_length=1)
+    warm_start_trials: int = Field(5, ge=1)
+
+    _preset: str | None = PrivateAttr(None)  # the preset the space was filled from: with_overrides fills it again
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _preset_space(cls, data: Any, handler: Any) -> Any:
+        """``space: auto``: the space filled for the base config's task and the budget (:mod:`embedft.search.preset`)."""
+        preset = data.get("space") if isinstance(data, dict) and isinstance(data.get("space"), str) else None
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError("unknown search-space preset", field="space", expected=f"a mapping of config fields to ranges, or one of {list(PRESETS)}", found=preset)
+            data = {**data, "space": _preset_space(preset, data)}
+        model = handler(data)
+        model._preset = preset
+        return model
+
+    @property
+    def preset(self) -> str | None:
+        """The preset the space was filled from (``auto``), or None for a space written out."""
+        return self._preset
+
+    def with_overrides(self, assignments: list[str] | dict[str, Any] | str, *, source: str = "--set") -> Self:
+        """A copy with dotted-key overrides applied; a space filled from a preset is filled again for the new
+        settings (another ``n_trials`` or ``base.task`` resizes it), unless the overrides give a space."""
+        if self._preset is None:
+            return super().with_overrides(assignments, source=source)
+        blank = self.model_copy(update={"space": {}})
+        blank._preset = None
+        updated = blank.with_overrides(assignments, source=source)
+        if updated.space or updated._preset is not None:
+            return updated
+        return validate_config(type(self), {**updated.to_dict(), "space": self._preset}, source)
 
     @model_validator(mode="before")
     @classmethod
@@ -242,6 +298,19 @@ class SearchConfig(ConfigBase):
         param = self.space.get("model.base_model")
         choices = [c for c in param.choices if isinstance(c, str)] if isinstance(param, CategoricalParam) else []
         return list(dict.fromkeys([self.base.model.base_model, *choices]))
+
+
+def _preset_space(preset: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The space ``preset`` gives the raw search config ``data`` (empty when its base is invalid: that error is reported with its field)."""
+    base = data.get("base", {})
+    try:
+        run = base if isinstance(base, RunConfig) else RunConfig.model_validate(base)
+    except ValueError:
+        return {}
+    n_trials, timeout = data.get("n_trials", SearchConfig.model_fields["n_trials"].default), data.get("timeout")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        return {}  # the budget's own error is reported with its field
+    return auto_space(run, n_trials, timeout if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) else None)
 
 
 def _fixed_per_search(key: str) -> str | None:

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from embedft.errors import ConfigError, EmbedftError
 from embedft.executors import Executor, is_executor, make_executor
@@ -22,8 +22,22 @@ from embedft.files import atomic_write_text, check_output_dir, mark, owner
 from embedft.redact import mask_values
 from embedft.search.config import SearchConfig, resolve_params
 from embedft.search.plots import draw_plots
-from embedft.search.report import SearchResult, base_reference, evaluate_on_test, write_tables
-from embedft.search.study import Heartbeat, StudyStorage, best_of, check_fingerprint, driver_id, grid_exhausted, is_surplus, make_pruner, make_sampler, study_fingerprint
+from embedft.search.report import SearchResult, base_reference, evaluate_on_test, write_pareto, write_tables
+from embedft.search.study import (
+    PARETO_RULE,
+    Heartbeat,
+    StudyStorage,
+    best_of,
+    check_fingerprint,
+    driver_id,
+    grid_exhausted,
+    is_surplus,
+    make_pruner,
+    make_sampler,
+    pareto_front,
+    study_fingerprint,
+)
+from embedft.search.warm import enqueue_warm_start
 from embedft.tasks import get_task
 from embedft.trial import TrialResult
 
@@ -130,9 +144,24 @@ class OptunaSearch:
     def load_study(self) -> optuna.Study:
         """Create or reopen the study in the configured storage."""
         self.prepare_output()  # the journal lives there: checked and marked before anything is written
+        import optuna
+
         sampler = self._sampler or make_sampler(self.config.sampler, self.config.space)
-        pruner = self._pruner or make_pruner(self.config.pruner)
-        return self.study_storage.open(sampler, pruner, "maximize" if self.task.greater_is_better else "minimize")
+        direction: Literal["minimize", "maximize"] = "maximize" if self.task.greater_is_better else "minimize"
+        if self.config.second_objective is not None:  # Optuna prunes single-objective studies only
+            if self._pruner is not None or self.config.pruner.type != "none":
+                logger.warning("the pruner (%s) is not used: a search with a second objective is not pruned (Optuna prunes single-objective studies only)", self.config.pruner.type)
+            return self.study_storage.open(sampler, self._pruner or optuna.pruners.NopPruner(), [direction, "minimize"])
+        return self.study_storage.open(sampler, self._pruner or make_pruner(self.config.pruner), direction)
+
+    def metric_names(self) -> list[str]:
+        """The study's objectives as the dashboard shows them: ``dev cosine_ap`` (and the second objective)."""
+        second = {"dimension": "embedding dimension", "latency": "encode ms per text"}
+        return [f"dev {self.task.primary_metric}", *([second[self.config.second_objective]] if self.config.second_objective else [])]
+
+    def best(self, study: optuna.Study) -> tuple[int, float] | None:
+        """``(number, dev value)`` of the best trial (with a second objective, the recommended one of the Pareto front)."""
+        return best_of(study, self.config.pareto_tolerance)
 
     def study_fingerprint(self, data_fingerprint: str) -> dict[str, Any]:
         """What defines this search's study (see :func:`embedft.search.study.study_fingerprint`)."""
@@ -159,6 +188,17 @@ class OptunaSearch:
         built = DatasetBuilder(data_cfg, task=self.task.name).build()  # cheap (no model): its fingerprint is part of the study's
         study = self.load_study()
         check_fingerprint(study, self.study_fingerprint(built.report.fingerprint), f"{cfg.study_name!r} in {self.study_storage.display_url()}")
+        if study.metric_names != self.metric_names():
+            with warnings.catch_warnings():  # experimental in Optuna since 3.2
+                warnings.simplefilter("ignore")
+                study.set_metric_names(self.metric_names())  # optuna-dashboard shows them instead of "Objective 0"
+        if cfg.warm_start and not study.user_attrs.get("embedft_warm_start"):  # once per study: a resumed search does not queue them again
+            enqueue_warm_start(study, cfg)
+        if getattr(executor, "remote", False) and executor.trials_dir is not None:  # the first run's folder stands, whatever this machine is called now
+            if isinstance(study.user_attrs.get("trials_dir"), str):
+                executor.trials_dir = Path(study.user_attrs["trials_dir"])
+            else:
+                study.set_user_attr("trials_dir", executor.trials_dir.as_posix())
         cfg.save(out / "search.yaml", redact=True)
         self.study_storage.recover(study)
         path = out / "data" / built.report.fingerprint  # built once per search; trials load it by fingerprint
@@ -175,7 +215,7 @@ class OptunaSearch:
             points = math.prod(len(p.grid()) for p in cfg.space.values())
             logger.info("the grid has %d point(s), all tried: stopping with %d of n_trials=%d trials complete or pruned", points, self._finished(study), cfg.n_trials)
         if executor.gpu_seconds is not None:
-            logger.info("GPU-seconds used in this run: %.0f", executor.gpu_seconds)
+            logger.info("in-trial seconds on remote GPUs in this run: %.0f (the bill, with cold starts and idle time, is on Modal's usage page)", executor.gpu_seconds)
         return self._finish(study, executor, path)
 
     @staticmethod
@@ -196,7 +236,7 @@ class OptunaSearch:
 
         def on_report(number: int, step: int, value: float) -> bool:
             trial = running.get(number)
-            if trial is None:
+            if trial is None or cfg.second_objective is not None:  # a multi-objective study takes no intermediate values
                 return False
             try:
                 if step not in reported.setdefault(number, set()):  # a retried remote attempt reports its steps again: the first value stands
@@ -208,7 +248,7 @@ class OptunaSearch:
 
         heartbeat = store.heartbeat()
         last_check = time.monotonic()
-        self.progress.update(self._finished(study), cfg.n_trials, best_of(study))
+        self.progress.update(self._finished(study), cfg.n_trials, self.best(study))
         try:
             while True:
                 timed_out = cfg.timeout is not None and time.monotonic() - started >= cfg.timeout
@@ -232,6 +272,14 @@ class OptunaSearch:
                     try:
                         params = {k: p.suggest(trial, k) for k, p in cfg.space.items()}
                         config = executor.trial(trial.number, params, resolve_params(cfg.base, params))
+                        config = config.model_copy(
+                            update={
+                                "reuse_base_model": cfg.reuse_base_model,
+                                "dev_subsample": cfg.dev_subsample,
+                                "dev_subsample_seed": cfg.base.data.seed,
+                                "second_objective": cfg.second_objective,
+                            }
+                        )
                     except EmbedftError as exc:  # an impossible combination of parameters
                         trial.set_user_attr("error", str(exc))
                         study.tell(trial, state=TrialState.FAIL)
@@ -256,7 +304,7 @@ class OptunaSearch:
                     self._sweep(study, executor)
                     if told:
                         failures += result.state == "fail"
-                        self.progress.update(self._finished(study), cfg.n_trials, best_of(study), result)
+                        self.progress.update(self._finished(study), cfg.n_trials, self.best(study), result)
                         for callback in self.on_trial_end:
                             callback(result, study)
                 write_tables(study, self.output_dir)
@@ -291,9 +339,13 @@ class OptunaSearch:
         """
         from optuna.trial import TrialState
 
-        best = best_of(study) if self.config.keep_best_model else None
+        keep: set[int] = set()
+        if self.config.keep_best_model and self.config.second_objective is not None:  # the recommended trial is one of the front's, and may change
+            keep = {t.number for t in pareto_front(study)}
+        elif self.config.keep_best_model and (best := self.best(study)) is not None:
+            keep = {best[0]}
         finished = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))}
-        drop = sorted(finished - self._removed - ({best[0]} if best else set()))
+        drop = sorted(finished - self._removed - keep)
         if drop:
             executor.remove_trials(drop)
             self._removed.update(drop)
@@ -311,14 +363,31 @@ class OptunaSearch:
         store = self.study_storage
         if store.still_running(result.number):
             try:
-                for key in ("seconds", "train_seconds"):
+                for key in ("seconds", "load_seconds", "tokenise_seconds", "train_seconds", "eval_seconds"):
                     trial.set_user_attr(key, round(getattr(result, key), 3))
                 trial.set_user_attr("train_steps", result.train_steps)
-                if result.state == "complete" and result.value is not None and math.isfinite(result.value):
+                trial.set_user_attr("train_pairs", result.train_pairs)
+                for key in ("gpu", "cuda"):  # the accelerator the trial ran on, read inside it (a GPU list lets Modal pick)
+                    if getattr(result, key):
+                        trial.set_user_attr(key, getattr(result, key))
+                if result.report_split:  # what the pruner saw; a completed trial's value is on all of dev
+                    trial.set_user_attr("intermediate_on", result.report_split)
+                second = self.config.second_objective
+                complete = result.state == "complete" and result.value is not None and math.isfinite(result.value)
+                if complete and second is not None and (result.objective2 is None or not math.isfinite(result.objective2)):
+                    result = result.model_copy(update={"state": "fail", "error": f"the trial measured no {second} (the second objective)"})
+                    complete = False
+                if complete:
+                    assert result.value is not None  # complete: a finite value
                     trial.set_user_attr("dev", result.dev)
+                    trial.set_user_attr("value_on", "dev")
                     if result.model_path:
                         trial.set_user_attr("model_path", result.model_path)
-                    study.tell(trial, result.value)
+                    if second is not None:
+                        assert result.objective2 is not None  # checked above
+                        study.tell(trial, [result.value, result.objective2])
+                    else:
+                        study.tell(trial, result.value)
                 elif result.state == "pruned":
                     reported = store.reported_steps(result.number)
                     for step, value in result.intermediate:
@@ -378,10 +447,14 @@ class OptunaSearch:
             base_test=base["test"],
         )
         self._sweep(study, executor)  # a folder left by a driver killed between a tell and its sweep
-        if best_of(study) is not None:
-            best = study.best_trial
+        if cfg.second_objective is not None:
+            result.objectives = self.metric_names()
+            result.pareto_rule = PARETO_RULE.format(tolerance=cfg.pareto_tolerance)
+            result.pareto, result.pareto_csv = write_pareto(study, out, self.metric_names(), self.best(study))
+        if (picked := self.best(study)) is not None:
+            best = next(t for t in study.get_trials(deepcopy=False) if t.number == picked[0])
             best_cfg = resolve_params(cfg.base, best.params).model_copy(update={"output_dir": str(out / "best-retrained"), "overwrite": False})
-            result.best_number, result.best_value, result.best_params = best.number, best.value, mask_values(dict(best.params))
+            result.best_number, result.best_value, result.best_params = best.number, picked[1], mask_values(dict(best.params))
             result.best_config_path = best_cfg.save(out / "best_config.yaml")
             if cfg.retrain_best:
                 from embedft.data import BuiltDataset
@@ -398,6 +471,14 @@ class OptunaSearch:
             beats = result.best_value is not None and sign * (result.best_value - reference) > 0
             result.recommendation = "best trial" if beats else "base model"
             logger.info("%s", result.message)
-        result.plots = draw_plots(study, out, self.task.primary_metric, learning_curve="data.max_train_pairs" in cfg.space, reference=reference)
+        result.plots = draw_plots(
+            study,
+            out,
+            self.task.primary_metric,
+            learning_curve="data.max_train_pairs" in cfg.space,
+            reference=reference,
+            objectives=result.objectives,
+            recommended=result.best_number,
+        )
         atomic_write_text(out / "search_result.json", result.model_dump_json(indent=2))
         return result

@@ -1,4 +1,5 @@
-"""The search's plots (PNG): optimisation history, intermediate values, parameter importances, learning curve.
+"""The search's plots (PNG): optimisation history, intermediate values, parameter importances, learning curve;
+the Pareto front of a search with a second objective.
 
 Drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas; nothing global of matplotlib
 (the pyplot backend, open figures) is touched, and matplotlib is imported only when plots are drawn.
@@ -27,12 +28,22 @@ __all__ = ["draw_plots"]
 logger = logging.getLogger(__name__)
 
 
-def draw_plots(study: optuna.Study, output_dir: Path, metric: str, learning_curve: bool = False, reference: float | None = None) -> list[Path]:
+def draw_plots(
+    study: optuna.Study,
+    output_dir: Path,
+    metric: str,
+    learning_curve: bool = False,
+    reference: float | None = None,
+    objectives: list[str] | None = None,
+    recommended: int | None = None,
+) -> list[Path]:
     """Draw the plots of a study into ``OUTPUT_DIR/plots``; a plot that fails is logged and skipped.
 
     ``metric`` labels the value axis; ``learning_curve`` adds dev ``metric`` against
     ``data.max_train_pairs`` (when that is searched); ``reference`` (the base model's dev score)
-    is a dashed line on the plots of dev values.
+    is a dashed line on the plots of dev values. A two-objective study (``objectives``: the
+    names of both) gets ``pareto_front.png`` instead: every complete trial, the front joined, the
+    ``recommended`` trial marked.
     """
     from optuna.trial import TrialState
 
@@ -40,10 +51,12 @@ def draw_plots(study: optuna.Study, output_dir: Path, metric: str, learning_curv
     if not complete:
         return []
     plots: dict[str, Callable] = {"optimization_history": _history, "intermediate_values": _intermediate}
+    if objectives and len(objectives) > 1:
+        plots = {"pareto_front": lambda ax, study, complete, label: _pareto(ax, study, complete, objectives, recommended)}
     varying = {k for t in complete for k in t.params if len({json.dumps(x.params.get(k)) for x in complete}) > 1}
-    if len(complete) >= 2 and varying:
+    if len(complete) >= 2 and varying and len(study.directions) == 1:
         plots["param_importances"] = _importances
-    if learning_curve:
+    if learning_curve and len(study.directions) == 1:
         plots["learning_curve"] = _learning_curve
     out = []
     (output_dir / "plots").mkdir(exist_ok=True)
@@ -54,7 +67,7 @@ def draw_plots(study: optuna.Study, output_dir: Path, metric: str, learning_curv
                 warnings.simplefilter("ignore")  # optuna's importance evaluators warn on tiny studies
                 if draw(fig.axes[0], study, complete, f"dev {metric}") is False:
                     continue
-            if reference is not None and name != "param_importances":
+            if reference is not None and name not in ("param_importances", "pareto_front"):
                 ax = fig.axes[0]
                 ax.axhline(reference, color="grey", linestyle="--", label="base model")
                 if len(ax.get_legend_handles_labels()[0]) <= 12:
@@ -110,3 +123,18 @@ def _learning_curve(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], 
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o")
     ax.set(xlabel="training pairs", ylabel=label, title="learning curve")
     return bool(pts)
+
+
+def _pareto(ax: Axes, study: optuna.Study, complete: list[FrozenTrial], names: list[str], recommended: int | None) -> None:
+    from embedft.search.study import pareto_front
+
+    front = sorted(pareto_front(study), key=lambda t: t.values[1])
+    ax.plot([t.values[1] for t in complete], [t.values[0] for t in complete], "o", color="lightgrey", label="trial")
+    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="Pareto front")
+    for t in front:
+        ax.annotate(f"#{t.number}", (t.values[1], t.values[0]), fontsize="small", textcoords="offset points", xytext=(4, 4))
+    chosen = [t for t in front if t.number == recommended]
+    if chosen:
+        ax.plot([chosen[0].values[1]], [chosen[0].values[0]], "*", markersize=14, label=f"recommended #{recommended}")
+    ax.set(xlabel=names[1], ylabel=names[0], title="quality vs size: Pareto front")
+    ax.legend(fontsize="small")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["SearchResult", "format_trials", "trial_rows", "write_tables", "evaluate_on_test", "base_reference"]
+__all__ = ["SearchResult", "format_trials", "trial_rows", "write_tables", "write_pareto", "evaluate_on_test", "base_reference"]
 
 
 class SearchResult(BaseModel):
@@ -61,6 +61,10 @@ class SearchResult(BaseModel):
     trials_json: Path
     plots: list[Path] = []
     output_dir: Path
+    objectives: list[str] = []  # with a second objective: the study's metric names, e.g. ["dev cosine_ap", "embedding dimension"]
+    pareto: list[dict[str, Any]] = []  # the Pareto front's trials: number, the objectives, parameters, recommended
+    pareto_rule: str | None = None  # the rule that picked the recommended trial (best_number) from the front
+    pareto_csv: Path | None = None
 
     @property
     def message(self) -> str | None:
@@ -80,21 +84,34 @@ def trial_rows(study: optuna.Study, reference: float | None = None) -> list[dict
     """One row per trial: number, state, value, its ``dev_gain`` over ``reference`` (the base model's
     dev score, when known), parameters (secrets masked), timings, steps, error line."""
     retried = {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")}
-    return [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            **({"dev_gain": t.value - reference if t.value is not None else None} if reference is not None else {}),
-            **{f"param:{k}": mask_values(v) for k, v in t.params.items()},
-            "seconds": t.user_attrs.get("seconds"),
-            "train_seconds": t.user_attrs.get("train_seconds"),
-            "train_steps": t.user_attrs.get("train_steps"),
-            "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-            "error": _error_line(t, retried),
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
+    multi = len(study.directions) > 1
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.values[0] if t.values else None
+        a = t.user_attrs.get
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": value,
+                **({"objective2": t.values[1] if t.values else None} if multi else {}),
+                **({"dev_gain": value - reference if value is not None else None} if reference is not None else {}),
+                **{f"param:{k}": mask_values(v) for k, v in t.params.items()},
+                "seconds": a("seconds"),
+                "load_seconds": a("load_seconds"),
+                "tokenise_seconds": a("tokenise_seconds"),
+                "train_seconds": a("train_seconds"),
+                "eval_seconds": a("eval_seconds"),
+                "train_steps": a("train_steps"),
+                "train_pairs": a("train_pairs"),
+                "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+                **{str(k): t.user_attrs[k] for k in ("gpu", "cuda") if k in t.user_attrs},  # the GPU a remote trial ran on, when the driver recorded it
+                "intermediate_on": a("intermediate_on") if t.intermediate_values else None,
+                "value_on": a("value_on") if value is not None else None,
+                "error": _error_line(t, retried),
+            }
+        )
+    return rows
 
 
 def _error_line(t: FrozenTrial, retried: dict[int, int]) -> str | None:
@@ -124,14 +141,40 @@ def write_tables(study: optuna.Study, output_dir: Path, reference: float | None 
     return csv_path, json_path
 
 
+def write_pareto(study: optuna.Study, output_dir: Path, names: list[str], recommended: tuple[int, float] | None) -> tuple[list[dict[str, Any]], Path]:
+    """Write ``pareto.csv``: the Pareto front of a two-objective study, one row per trial, the recommended one marked."""
+    from embedft.search.study import pareto_front
+
+    rows = [
+        {
+            "number": t.number,
+            names[0]: t.values[0],
+            names[1]: t.values[1],
+            "recommended": recommended is not None and t.number == recommended[0],
+            **{f"param:{k}": mask_values(v) for k, v in t.params.items()},
+        }
+        for t in pareto_front(study)
+    ]
+    path = output_dir / "pareto.csv"
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["number", *names, "recommended"]
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, path
+
+
 def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error: int = 60, reference: float | None = None) -> str:
-    """The trials table as aligned text: number, state, value, dev gain over the base model, parameters, seconds, error.
+    """The trials table as aligned text: number, state, value (and the second objective), dev gain over the base
+    model, parameters, seconds (and their load / train / eval parts), error.
 
     With ``reference`` (the base model's dev score) a first row shows the base model.
     """
     params = list(dict.fromkeys(k for r in rows for k in r if k.startswith("param:")))
     gain = ["dev_gain"] if any("dev_gain" in r for r in rows) else []
-    header = ["#", "state", "value", *(["gain"] if gain else []), *(k.split(".")[-1] for k in params), "seconds", "error"]
+    second = ["objective2"] if any("objective2" in r for r in rows) else []
+    costs = [k for k in ("load_seconds", "train_seconds", "eval_seconds") if any(r.get(k) is not None for r in rows)] if any("load_seconds" in r for r in rows) else []
+    header = ["#", "state", "value", *(["2nd"] if second else []), *(["gain"] if gain else []), *(k.split(".")[-1] for k in params), "seconds", *(k.split("_")[0] for k in costs), "error"]
 
     def cell(value: Any) -> str:
         if value is None:
@@ -147,7 +190,8 @@ def format_trials(rows: list[dict[str, Any]], best: int | None = None, max_error
         mark = "*" if r["number"] == best else ""
         error = (r.get("error") or "")[:max_error]
         gains = [f"{r['dev_gain']:+.4f}" if r.get("dev_gain") is not None else "-" for _ in gain]
-        table.append([f"{r['number']}{mark}", r["state"], cell(r.get("value")), *gains, *(cell(r.get(k)) for k in params), cell(r.get("seconds")), error or "-"])
+        cells = [cell(r.get(k)) for k in (*params, "seconds", *costs)]
+        table.append([f"{r['number']}{mark}", r["state"], cell(r.get("value")), *(cell(r.get(k)) for k in second), *gains, *cells, error or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
 

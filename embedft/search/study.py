@@ -32,7 +32,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from embedft.tasks import TaskSpec
 
-__all__ = ["StudyStorage", "Heartbeat", "driver_id", "make_sampler", "make_pruner", "grid_exhausted", "is_surplus", "best_of", "study_fingerprint", "check_fingerprint"]
+__all__ = [
+    "StudyStorage",
+    "Heartbeat",
+    "driver_id",
+    "make_sampler",
+    "make_pruner",
+    "grid_exhausted",
+    "is_surplus",
+    "best_of",
+    "pareto_front",
+    "recommend",
+    "PARETO_RULE",
+    "study_fingerprint",
+    "check_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +88,18 @@ class StudyStorage:
         """The storage URL (``journal:PATH`` by default) with any password masked."""
         return redact_url(self.url or f"journal:{self.output_dir / 'study.journal'}")
 
-    def open(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, direction: Literal["minimize", "maximize"]) -> optuna.Study:
-        """Create the storage and create or load the study in it; errors name the storage, never its secrets."""
+    def open(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, direction: Literal["minimize", "maximize"] | list[str]) -> optuna.Study:
+        """Create the storage and create or load the study in it; errors name the storage, never its secrets.
+
+        ``direction`` is one direction, or a list of them for a multi-objective study.
+        """
         import optuna
 
         found = redact_url(self.url) if self.url else "journal"
+        directions = {"directions": direction} if isinstance(direction, list) else {"direction": direction}
         try:
             self._storage, self._study_id, self._trial_ids = self._make_storage(), None, {}
-            return optuna.create_study(study_name=self.study_name, storage=self._storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
+            return optuna.create_study(study_name=self.study_name, storage=self._storage, sampler=sampler, pruner=pruner, load_if_exists=True, **directions)
         except ValueError as exc:
             raise ConfigError(f"cannot open the study: {scrub(str(exc), self.url or '')}", field="storage", expected="a study with the same direction", found=found) from None
         except Exception as exc:  # noqa: BLE001 - a database that cannot be reached; its message is scrubbed of the URL's secrets
@@ -333,13 +351,50 @@ def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states)) >= n_trials
 
 
-def best_of(study: optuna.Study) -> tuple[int, float] | None:
-    """``(number, value)`` of the study's best trial, or None before one completed."""
+def best_of(study: optuna.Study, tolerance: float = 0.0) -> tuple[int, float] | None:
+    """``(number, value)`` of the study's best trial, or None before one completed.
+
+    In a multi-objective study it is the recommended trial of the Pareto front (:func:`recommend`
+    with ``tolerance``), and ``value`` its first objective (the dev score).
+    """
+    if _is_multi(study):
+        t = recommend(study, tolerance)
+        return (t.number, t.values[0]) if t is not None else None
     try:
         t = study.best_trial
     except ValueError:
         return None
     return (t.number, t.value) if t.value is not None else None  # a complete trial always has a value
+
+
+PARETO_RULE = (
+    "the Pareto front's trial with the smallest second objective among those whose dev score is within "
+    "pareto_tolerance ({tolerance:g}) of the front's best dev score (ties: the higher dev score, then the earlier trial)"
+)
+"""The rule :func:`recommend` applies, as the search result states it."""
+
+
+def _is_multi(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials no other complete trial dominates (Optuna's ``best_trials``), by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def recommend(study: optuna.Study, tolerance: float) -> FrozenTrial | None:
+    """The trial :data:`PARETO_RULE` picks from a two-objective study's Pareto front (None before one completed).
+
+    The first objective is the dev score (its direction the study's first), the second is minimised.
+    """
+    front = pareto_front(study)
+    if not front:
+        return None
+    sign = 1.0 if study.directions[0].name == "MAXIMIZE" else -1.0
+    best = max(sign * t.values[0] for t in front)
+    close = [t for t in front if sign * t.values[0] >= best - tolerance]
+    return min(close, key=lambda t: (t.values[1], -sign * t.values[0], t.number))
 
 
 # ---------------------------------------------------------------------- fingerprints
@@ -369,7 +424,10 @@ def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: st
                 dist = CategoricalDistribution(p.choices)
         space[key] = json.loads(distribution_to_json(dist))
     direction = "maximize" if task.greater_is_better else "minimize"
-    return {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
+    found = {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
+    if config.second_objective is not None:  # only then: a single-objective study's fingerprint is as before
+        found["second_objective"] = config.second_objective
+    return found
 
 
 def _base_settings(config: SearchConfig) -> dict[str, Any]:
@@ -412,14 +470,16 @@ def check_fingerprint(study: optuna.Study, mine: dict[str, Any], where: str) -> 
     ``where`` names the study in the error (``'embedft' in journal:runs/search/study.journal``).
     """
     theirs = study.user_attrs.get("embedft_fingerprint")
-    if theirs is None:  # a new study (or one from an embedft that did not record it): its direction must agree
-        if study.direction.name.lower() == mine["direction"]:
+    directions = [d.name.lower() for d in study.directions]
+    if theirs is None:  # a new study (or one from an embedft that did not record it): its directions must agree
+        if directions == [mine["direction"], *(["minimize"] if mine.get("second_objective") else [])]:
             study.set_user_attr("embedft_fingerprint", mine)
             return
-        theirs = {**mine, "task": "(unknown)", "metric": "(unknown)", "direction": study.direction.name.lower()}
+        theirs = {**mine, "task": "(unknown)", "metric": "(unknown)", "direction": "/".join(directions)}
+        theirs.pop("second_objective", None)
     differ: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
-    if any(theirs.get(k) != mine[k] for k in ("task", "metric", "direction")):
-        differ.append(("task", lambda fp: f"task {fp.get('task')} ({fp.get('metric')}, {fp.get('direction')})"))
+    if any(theirs.get(k) != mine.get(k) for k in ("task", "metric", "direction", "second_objective")):
+        differ.append(("task", lambda fp: f"task {fp.get('task')} ({fp.get('metric')}, {fp.get('direction')}{', ' + fp['second_objective'] if fp.get('second_objective') else ''})"))
     if theirs.get("data") != mine["data"]:
         differ.append(("data", lambda fp: f"data {fp.get('data')}"))
     keys = sorted(k for k in set(theirs.get("space") or {}) | set(mine["space"]) if (theirs.get("space") or {}).get(k) != mine["space"].get(k))

@@ -1,0 +1,295 @@
+"""What a trial pays besides its training steps: the base model copied from memory, the dev subsample
+the pruner sees, the cost breakdown; the study's names; warm starts; the Pareto front of a second objective."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embedft import ConfigError, OptunaSearch, RunConfig, SearchConfig, Trainer, TrialConfig, run_trial
+from embedft.search.warm import enqueue_warm_start
+from embedft.trial import dev_subsample, worker_models
+
+import search_helpers
+from conftest import DEMO_DATA
+
+
+def base(tiny_model_path, **training):
+    return {
+        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
+        "model": {"base_model": tiny_model_path},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-4, "eval_steps": 2, "progress": False, **training},
+    }
+
+
+def search_config(tiny_model_path, tmp_path, **kw):
+    cfg = {
+        "base": base(tiny_model_path),
+        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+        "n_trials": 3,
+        "sampler": {"type": "random", "seed": 1},
+        "pruner": {"type": "none"},
+        "output_dir": str(tmp_path / "search"),
+    }
+    cfg.update(kw)
+    return SearchConfig.from_dict(cfg)
+
+
+@pytest.fixture
+def saved_data(tiny_model_path, tmp_path):
+    from embedft import DatasetBuilder
+
+    run = RunConfig.from_dict(base(tiny_model_path))
+    return DatasetBuilder(run.data).build().save(tmp_path / "data")
+
+
+def trial(tiny_model_path, tmp_path, data_dir, number, **fields):
+    data = base(tiny_model_path)
+    data["model"].update(fields.pop("model", {}))
+    run = RunConfig.from_dict({**data, "output_dir": str(tmp_path / f"t{number}")})
+    return run_trial(TrialConfig(number=number, params={}, run=run, data_dir=str(data_dir), **fields))
+
+
+# ---------------------------------------------------------------------- reset, not reload
+@pytest.mark.parametrize("model", [{}, {"dense": {"out_features": 8}}, {"dense": {"out_features": 8}, "freeze_backbone": True}], ids=["plain", "dense", "frozen"])
+def test_a_copy_from_memory_trains_exactly_as_a_fresh_load(tiny_model_path, tmp_path, saved_data, model):
+    worker_models().clear()
+    loads = worker_models().loads
+    fresh = trial(tiny_model_path, tmp_path, saved_data, 0, reuse_base_model=False, model=model)
+    first = trial(tiny_model_path, tmp_path, saved_data, 1, model=model)
+    second = trial(tiny_model_path, tmp_path, saved_data, 2, model=model)  # after a trial trained a copy: the kept model is untouched
+    assert fresh.state == first.state == second.state == "complete"
+    assert worker_models().loads == loads + 1  # read from disk once, copied for the second trial
+    for other in (first, second):
+        assert other.value == pytest.approx(fresh.value, abs=1e-5)
+        assert [v for _, v in other.intermediate] == pytest.approx([v for _, v in fresh.intermediate], abs=1e-5)
+        assert other.dev == pytest.approx(fresh.dev, abs=1e-5)
+    assert fresh.load_seconds > 0 and first.load_seconds > 0 and second.load_seconds > 0
+
+
+def test_the_cache_keeps_one_model_and_reloads_changed_files(tiny_model_path, tmp_path):
+    import shutil
+
+    from embedft.modeling import BaseModelCache
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_path, other)
+    cache = BaseModelCache(max_models=1)
+    a, b = cache.get(tiny_model_path, "cpu"), cache.get(tiny_model_path, "cpu")
+    assert a is not b and cache.loads == 1 and len(cache) == 1
+    assert next(a.parameters()).data_ptr() != next(b.parameters()).data_ptr()  # copies, never shared weights
+    cache.get(str(other), "cpu")
+    assert cache.loads == 2 and len(cache) == 1  # the least recently used one dropped: memory stays bounded
+    (other / "README.md").write_text("changed")
+    cache.get(str(other), "cpu")
+    assert cache.loads == 3  # the same path with other files is read again
+    none = BaseModelCache(max_models=0)
+    none.get(tiny_model_path, "cpu"), none.get(tiny_model_path, "cpu")
+    assert none.loads == 2 and len(none) == 0
+    with pytest.raises(ValueError):
+        BaseModelCache(max_models=-1)
+
+
+# ---------------------------------------------------------------------- the dev subsample
+def test_the_dev_subsample_is_fixed_grouped_and_stratified():
+    import pandas as pd
+
+    rows = [{"text1": f"a{i}", "text2": f"b{i}", "label": int(i % 4 == 0), "component": i // 2} for i in range(400)]
+    dev = pd.DataFrame(rows)
+    sub = dev_subsample(dev, 100, seed=3)
+    assert sub.equals(dev_subsample(dev, 100, seed=3))  # the same for every trial
+    assert not sub.equals(dev_subsample(dev, 100, seed=4))
+    assert 90 <= len(sub) <= 110
+    kept = set(sub["component"])
+    assert all((dev["component"] == c).sum() == (sub["component"] == c).sum() for c in kept)  # whole groups
+    assert abs(sub["label"].mean() - dev["label"].mean()) < 0.06  # the balance of dev
+    assert dev_subsample(dev, 1000) is dev  # smaller than asked: all of dev
+
+
+def test_intermediate_scores_use_the_subsample_and_the_value_all_of_dev(tiny_model_path, tmp_path, saved_data):
+    from embedft import BuiltDataset
+
+    dev = BuiltDataset.load(saved_data).dev
+    sub = dev_subsample(dev, 20, seed=0)
+    assert len(sub) < len(dev)
+    full = trial(tiny_model_path, tmp_path, saved_data, 0)
+    small = trial(tiny_model_path, tmp_path, saved_data, 1, dev_subsample=20)
+    assert full.report_split == "dev" and small.report_split == f"dev subsample: {len(sub)} of {len(dev)} rows"
+    # The value is the trained model's score on all of dev, whatever the pruner saw.
+    run = RunConfig.from_dict(base(tiny_model_path))
+    assert Trainer(run, data=BuiltDataset.load(saved_data)).evaluate(small.model_path).dev_score == pytest.approx(small.value, abs=1e-5)
+    assert [s for s, _ in small.intermediate] == [s for s, _ in full.intermediate]
+    assert [v for _, v in small.intermediate] != pytest.approx([v for _, v in full.intermediate], abs=1e-9)
+    assert small.eval_seconds > 0 and small.train_seconds > 0 and small.tokenise_seconds > 0
+    run = RunConfig.from_dict({**base(tiny_model_path), "output_dir": str(tmp_path / "p")})
+    pruned = run_trial(TrialConfig(number=3, params={}, run=run, data_dir=str(saved_data)), lambda step, value: True)
+    assert pruned.state == "pruned" and pruned.train_steps == 2 and pruned.train_pairs == 64  # its training set, though it stopped early
+
+
+def test_the_trials_table_carries_the_cost_breakdown_and_what_each_score_used(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, dev_subsample=20)
+    result = OptunaSearch(cfg).run()
+    rows = json.loads(result.trials_json.read_text())
+    for row in rows:
+        assert all(row[k] > 0 for k in ("load_seconds", "tokenise_seconds", "train_seconds", "eval_seconds"))
+        assert row["train_pairs"] == 64 and row["train_steps"] == 4
+        assert row["intermediate_on"].startswith("dev subsample: ") and row["value_on"] == "dev"
+        assert row["load_seconds"] + row["train_seconds"] + row["eval_seconds"] <= row["seconds"]
+    header = Path(result.trials_csv).read_text().splitlines()[0]
+    assert "load_seconds" in header and "intermediate_on" in header
+    assert len(worker_models()) == 0  # the in-process executor drops its base model when the search ends
+
+
+# ---------------------------------------------------------------------- the dashboard's names
+def test_the_study_names_its_metric_and_each_trial_its_costs(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, pruner={"type": "median", "n_startup_trials": 5})
+    search = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores)
+    search.run()
+    study = search.load_study()
+    assert study.metric_names == ["dev cosine_ap"]
+    attrs = study.trials[0].user_attrs
+    assert {"seconds", "train_seconds", "load_seconds", "eval_seconds", "train_steps", "train_pairs"} <= set(attrs)
+
+
+# ---------------------------------------------------------------------- warm start
+def earlier_study(tiny_model_path, tmp_path, values):
+    """An earlier search folder whose study holds complete trials with these (lr, loss, value)."""
+    import optuna
+
+    cfg = search_config(
+        tiny_model_path,
+        tmp_path,
+        output_dir=str(tmp_path / "earlier"),
+        space={
+            "training.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "training.loss": {"type": "categorical", "choices": ["OnlineContrastiveLoss", "CoSENTLoss"]},
+        },
+    )
+    search = OptunaSearch(cfg)
+    study = search.load_study()
+    cfg.save(Path(cfg.output_dir) / "search.yaml")
+    dists = {
+        "training.learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+        "training.loss": optuna.distributions.CategoricalDistribution(["OnlineContrastiveLoss", "CoSENTLoss"]),
+    }
+    for lr, loss, value in values:
+        study.add_trial(optuna.trial.create_trial(params={"training.learning_rate": lr, "training.loss": loss}, distributions=dists, value=value))
+    return cfg
+
+
+def test_warm_start_queues_the_best_configs_without_the_params_the_space_dropped(tiny_model_path, tmp_path):
+    earlier = earlier_study(
+        tiny_model_path,
+        tmp_path,
+        [(1e-4, "CoSENTLoss", 0.6), (2e-4, "CoSENTLoss", 0.9), (5e-3, "CoSENTLoss", 0.95), (3e-4, "OnlineContrastiveLoss", 0.8), (4e-4, "CoSENTLoss", 0.1)],
+    )
+    # The new space has no loss and a narrower learning rate: 5e-3 (the best) is out of it.
+    cfg = search_config(
+        tiny_model_path, tmp_path, n_trials=4, warm_start=earlier.output_dir, warm_start_trials=3, space={"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    )
+    search = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores)
+    search.run()
+    study = search.load_study()
+    first = [t.params["training.learning_rate"] for t in study.trials[:3]]
+    assert first == pytest.approx([2e-4, 3e-4, 1e-4])  # the best three that fit, best first; the loss left out
+    assert all("warm_start" in t.user_attrs for t in study.trials[:3]) and "warm_start" not in study.trials[3].user_attrs
+    assert set(study.trials[0].params) == {"training.learning_rate"}
+    # A resumed search does not queue them again.
+    OptunaSearch(cfg.model_copy(update={"n_trials": 5}), trial_fn=search_helpers.fake_scores).run()
+    assert len(search.load_study().trials) == 5 and "warm_start" not in search.load_study().trials[4].user_attrs
+
+
+def test_warm_start_from_a_storage_url_and_refusals(tiny_model_path, tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    dist = {"training.learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    for lr, value in ((1e-4, 0.5), (6e-4, 0.7)):
+        old.add_trial(optuna.trial.create_trial(params={"training.learning_rate": lr}, distributions=dist, value=value))
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, warm_start=url, warm_start_trials=1)
+    search = OptunaSearch(cfg, trial_fn=search_helpers.fake_scores)
+    search.run()
+    assert search.load_study().trials[0].params["training.learning_rate"] == pytest.approx(6e-4)
+    for source, needle in ((str(tmp_path / "nowhere"), "not found"), (str(tmp_path), "not an embedft search folder"), (cfg.output_dir, "its own study")):
+        other = cfg.model_copy(update={"warm_start": source})
+        with pytest.raises(ConfigError, match=needle):
+            enqueue_warm_start(search.load_study(), other)
+
+
+# ---------------------------------------------------------------------- a second objective
+def test_the_pareto_front_and_the_recommendation_on_a_synthetic_study():
+    import optuna
+
+    from embedft.search.study import pareto_front, recommend
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    points = [(0.80, 64), (0.90, 384), (0.85, 128), (0.84, 256), (0.899, 256), (0.70, 64), (0.88, 384)]
+    for value, dim in points:
+        study.add_trial(optuna.trial.create_trial(values=[value, dim], params={}, distributions={}))
+    front = [(t.values[0], t.values[1]) for t in pareto_front(study)]
+    dominated = {(0.84, 256), (0.70, 64), (0.88, 384)}
+    assert sorted(front) == sorted(set(points) - dominated)
+    assert recommend(study, 0.005).values == [0.899, 256]  # within 0.005 of 0.90, and smaller
+    assert recommend(study, 0.0).values == [0.90, 384]
+    assert recommend(study, 0.2).values == [0.80, 64]
+    assert recommend(optuna.create_study(directions=["maximize", "minimize"]), 0.01) is None
+
+
+def test_a_search_with_a_second_objective_gives_the_front_the_rule_and_the_plot(tiny_model_path, tmp_path):
+    cfg = search_config(
+        tiny_model_path,
+        tmp_path,
+        n_trials=3,
+        second_objective="dimension",
+        pruner={"type": "none"},
+        space={"model.dense.out_features": {"type": "categorical", "choices": [None, 8, 16]}},
+        sampler={"type": "grid"},
+    )
+    result = OptunaSearch(cfg).run()
+    assert result.n_complete == 3 and result.objectives == ["dev cosine_ap", "embedding dimension"]
+    rows = json.loads(result.trials_json.read_text())
+    assert sorted(r["objective2"] for r in rows) == [8, 16, 32]  # the tiny BERT is 32 wide
+    front = {r["number"] for r in result.pareto}
+    values = {r["number"]: (r["value"], r["objective2"]) for r in rows}
+    for n, (v, d) in values.items():  # the front: exactly the trials no other trial dominates
+        dominated = any(v2 >= v and d2 <= d and (v2, d2) != (v, d) for m, (v2, d2) in values.items() if m != n)
+        assert (n in front) == (not dominated)
+    assert sum(r["recommended"] for r in result.pareto) == 1 and result.best_number in front
+    assert "pareto_tolerance (0.005)" in result.pareto_rule
+    assert (Path(cfg.output_dir) / "pareto.csv").is_file()
+    assert [p.name for p in result.plots] == ["pareto_front.png"]
+    assert (Path(cfg.output_dir) / "best" / "model").is_dir()
+
+
+def test_a_second_objective_is_not_pruned_and_says_so(tiny_model_path, tmp_path, caplog):
+    import optuna
+
+    cfg = search_config(tiny_model_path, tmp_path, second_objective="latency", pruner={"type": "median"})
+    with caplog.at_level("WARNING", logger="embedft.search.driver"):
+        study = OptunaSearch(cfg).load_study()
+    assert isinstance(study.pruner, optuna.pruners.NopPruner) and len(study.directions) == 2
+    assert "pruner (median) is not used" in caplog.text
+
+
+# ---------------------------------------------------------------------- the command line
+def test_the_cli_flags_reach_the_search(tiny_model_path, tmp_path, monkeypatch):
+    import yaml
+
+    from embedft import cli
+
+    earlier = earlier_study(tiny_model_path, tmp_path, [(2e-4, "CoSENTLoss", 0.9)])
+    path = tmp_path / "search.yaml"
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=1, output_dir=str(tmp_path / "cli"))
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    seen = {}
+
+    def fake_run(self):
+        seen["config"] = self.config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(OptunaSearch, "run", fake_run)
+    with pytest.raises(SystemExit):
+        cli.main(["--quiet", "search", str(path), "--warm-start", earlier.output_dir, "--dev-subsample", "50", "--second-objective", "latency"])
+    got = seen["config"]
+    assert got.warm_start == earlier.output_dir and got.dev_subsample == 50 and got.second_objective == "latency"
