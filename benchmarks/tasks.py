@@ -13,6 +13,11 @@ fine-tunes it with the task's default loss and measures again on the same test s
 
     HF_HUB_OFFLINE=1 python benchmarks/tasks.py                 # all tasks (~25 min on 2 CPU cores)
     HF_HUB_OFFLINE=1 python benchmarks/tasks.py --tasks sts --train-rows 500
+    HF_HUB_OFFLINE=1 python benchmarks/tasks.py --recipe quality --time-budget 5   # the quality recipe per task
+
+``--recipe quality`` fills what the command line leaves unset with the task's quality recipe
+(embedft.recipes): its loss setup, epochs, learning rate, length-grouped batches; ``--train-rows``
+(0: every row) and ``--time-budget`` apply to either recipe, so both can be compared on the same data.
 
 Prints one row per task: primary metric on test, base -> fine-tuned, the ratio
 fine-tuned/base (the baseline is the base model, measured in the same run), and times.
@@ -84,9 +89,16 @@ def run(task: str, args, scratch: Path) -> dict:
     source, description, extra = prepare(task, scratch, args)
     config = {
         "task": task,
-        "data": {"source": source, "max_train_pairs": args.train_rows, "cache": False, "seed": args.seed, **extra},
+        "data": {"source": source, "max_train_pairs": args.train_rows or None, "cache": False, "seed": args.seed, **extra},
         "model": {"base_model": minilm_path()},
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed, "progress": False},
+        "training": {
+            "recipe": args.recipe,
+            "seed": args.seed,
+            "progress": False,
+            "time_budget_minutes": args.time_budget,
+            # only what the command line gives: the recipe fills the rest
+            **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.learning_rate)) if v is not None},
+        },
         "output_dir": str(scratch / task),
         "overwrite": True,
     }
@@ -112,11 +124,13 @@ def run(task: str, args, scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(ALL), help=f"comma-separated, among {ALL}")
-    parser.add_argument("--train-rows", type=int, default=1000, help="training rows per task (cap on the train split)")
+    parser.add_argument("--train-rows", type=int, default=1000, help="training rows per task (cap on the train split; 0: every row)")
     parser.add_argument("--quora-pairs", type=int, default=6000, help="Quora pairs (whole components) for paraphrase mining")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--epochs", type=float, help="default: the recipe's (1 with the default recipe)")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's (32 with the default recipe)")
+    parser.add_argument("--learning-rate", type=float, help="default: the recipe's (2e-5 with the default recipe)")
+    parser.add_argument("--recipe", choices=["default", "quality"], default="default", help="training.recipe for every task (default: %(default)s)")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="training.time_budget_minutes for every task")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     if not DATA.exists():
@@ -126,7 +140,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; expected among {ALL}")
     print(
-        f"machine: {machine()}; model: packaged all-MiniLM-L6-v2; train rows <= {args.train_rows}, epochs {args.epochs}, batch {args.batch_size}, lr {args.learning_rate}, seed {args.seed}", flush=True
+        f"machine: {machine()}; model: packaged all-MiniLM-L6-v2; recipe {args.recipe}; train rows <= {args.train_rows or 'all'}, epochs {args.epochs or 'recipe'}, "
+        f"batch {args.batch_size or 'recipe'}, lr {args.learning_rate or 'recipe'}, time budget {args.time_budget or '-'} min, seed {args.seed}",
+        flush=True,
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedft-tasks-") as tmp:

@@ -9,6 +9,7 @@ modal are imported only where they are used.
 """
 
 from embedft.config import DataConfig, DenseHead, ModalConfig, ModelConfig, RunConfig, SplitRatios, TrainingConfig, load_config
+from embedft.curve import CurvePoint, CurveResult, learning_curve
 from embedft.data import BuiltDataset, DataReport, DatasetBuilder
 from embedft.errors import (
     ConfigError,
@@ -42,6 +43,9 @@ __all__ = [
     "TrialConfig",
     "TrialResult",
     "run_trial",
+    "CurvePoint",
+    "CurveResult",
+    "learning_curve",
     "ConfigError",
     "DataConfig",
     "DataError",

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repeats", type=int, help="train N seeds on the same splits and report the mean and spread of the test metrics (training.repeats)")
+    p.add_argument("--recipe", choices=["default", "quality"], help="fill the fields the config leaves unset with a recipe for the task (training.recipe; see docs/guide.md)")
+    p.add_argument(
+        "--time-budget", type=float, metavar="MINUTES", help="fit data size and epochs to this many minutes, measured on the first steps; training stops at its end (training.time_budget_minutes)"
+    )
     _add_backend(p, ["inprocess", "modal"])
 
     p = sub.add_parser("evaluate", help="evaluate a model on the dev/test splits of some data")
@@ -87,13 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
-    p.add_argument("config", help="search config file (.yaml/.json): base + space + budget")
+    p.add_argument("config", nargs="?", help="search config file (.yaml/.json): base + space + budget (optional with --preset)")
+    p.add_argument("--preset", choices=["auto"], help="fill the search space for the task and n_trials (space: auto); the filled space is saved in search.yaml")
+    p.add_argument("--data", help="data file or hub dataset id (base.data.source)")
+    p.add_argument("--task", help="the task (base.task; embedft tasks lists them)")
     _add_set(p)
     p.add_argument("--workers", type=int, help="parallel local worker processes")
     p.add_argument("--storage", help="Optuna storage URL (default: a journal file in the output dir)")
     p.add_argument("--n-trials", type=int, help="number of completed+pruned trials to reach")
     p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--warm-start", metavar="PATH", help="an earlier search folder or storage URL: its best configs are tried first (params no longer in the space left out)")
+    p.add_argument("--warm-start-trials", type=int, metavar="K", help="how many of the earlier study's best configs to queue (default: 5)")
+    p.add_argument("--dev-subsample", type=int, metavar="N", help="rows of dev (whole groups, stratified) the pruner's intermediate scores use; final scores use all of dev (default: 1000)")
+    p.add_argument("--second-objective", choices=["dimension", "latency"], help="also minimise the embedding dimension or the encode ms per text: the result holds the Pareto front")
     _add_backend(p, ["auto", "inprocess", "process", "modal"])
+
+    p = sub.add_parser("curve", help="learning curve: train on growing subsets of the training data and say whether more data would help")
+    p.add_argument("config", help="run config file (.yaml/.json)")
+    _add_set(p)
+    p.add_argument("--sizes", default="1000,2000,4000,8000,all", help="training-set sizes in rows, comma-separated; all: the whole training split (default: %(default)s)")
+    p.add_argument("--output-dir", help="the curve's folder (default: the config's output_dir + -curve)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier curve (or run) in the output folder")
+    p.add_argument("--min-gain", type=float, default=0.005, help="the smallest test gain per doubling of the data that counts; below it the curve is flat (default: %(default)s)")
+    p.add_argument("--keep-models", action="store_true", help="keep each size's model (OUTPUT_DIR/trials/NNNN)")
+    p.add_argument("--executor", choices=["inprocess", "process", "modal"], default="inprocess", help="where the sizes train (process: --workers at once; modal: Modal GPUs, embedft[modal])")
+    p.add_argument("--workers", type=int, default=1, help="sizes trained at once with --executor process")
+    p.add_argument("--modal-config", help="YAML/JSON file with a ModalConfig (gpu, timeout, max_containers, ...)")
+    p.add_argument("--gpu", help="Modal GPU type, e.g. L4, A10G, A100 (overrides the Modal config)")
+
+    modal_cmd = sub.add_parser("modal", help="Modal tools").add_subparsers(dest="modal_command", required=True, metavar="ACTION")
+    p = modal_cmd.add_parser("check", help="build the image, start one GPU container, train 2 steps of a tiny model and report (without a token: what it would do)")
+    p.add_argument("--gpu", help="Modal GPU type, e.g. L4, A10G, A100 (overrides the Modal config)")
+    p.add_argument("--modal-config", help="YAML/JSON file with a ModalConfig (gpu, volume, cuda, ...)")
+    p.add_argument("--model", help="the model the check trains (default: a tiny hub model)")
 
     p = sub.add_parser("pull", help="copy a folder (a trial's or a run's model) from the Modal volume")
     p.add_argument("remote", help="path on the volume, e.g. /vol/runs/embedft/trials/0007")
@@ -183,6 +213,13 @@ class _PhaseBars:
         finally:
             self.bar.close()
 
+    def note(self, message: str) -> None:
+        """A line above the bars (a time budget's plan)."""
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
+
     def update(self, n: int = 1, **postfix: str) -> None:
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
@@ -219,17 +256,60 @@ def _quiet_libraries() -> Iterator[None]:
         yield
 
 
-def _train_remote(cfg: RunConfig, modal_cfg: Any) -> int:
+def _modal_output(args: argparse.Namespace) -> Any:
+    """What of Modal's own output shows: nothing with -q, the image build by default, the containers' logs too with -v."""
+    return "quiet" if args.quiet else "all" if args.verbose or args.debug else "build"
+
+
+_MODAL_BILLING = "in-trial time only: container start, image pulls and idle containers are billed too; the bill is on modal.com/settings/usage"
+
+
+def _gpu_words(gpu: Any) -> str:
+    from embedft.executors.modal import gpu_words
+
+    return gpu_words(gpu)
+
+
+def _train_remote(cfg: RunConfig, modal_cfg: Any, args: argparse.Namespace) -> int:
     from embedft.executors import run_once
-    from embedft.executors.modal import ModalExecutor
+    from embedft.executors.modal import ModalExecutor, gpu_words
     from embedft.results import TrainResult
 
-    executor = ModalExecutor(modal_cfg, trials_dir="runs/train")
-    print(f"training on Modal GPU {modal_cfg.gpu} (app {modal_cfg.app_name}, volume {modal_cfg.volume}, timeout {modal_cfg.timeout}s)")
+    executor = ModalExecutor(modal_cfg, trials_dir="runs/train", output=_modal_output(args))
+    print(f"training on Modal GPU {gpu_words(modal_cfg.gpu)} (app {modal_cfg.app_name}, volume {modal_cfg.volume}, timeout {modal_cfg.timeout}s)")
     result = run_once(cfg, executor, local_output=cfg.output_dir)
     print(TrainResult.model_validate(result.train_result).summary())
-    print(f"GPU-seconds used: {result.seconds:.0f}; model pulled to {Path(cfg.output_dir) / 'model'}")
+    print(f"ran {result.seconds:.0f}s on {result.gpu or 'no GPU'} (CUDA {result.cuda or '-'}; {_MODAL_BILLING}); model pulled to {Path(cfg.output_dir) / 'model'}")
     return 0
+
+
+def _modal_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from embedft.executors import RemoteTrialError
+    from embedft.executors.modal import CHECK_MODEL, ModalExecutor, gpu_words, has_token, run_check
+
+    cfg = _modal_config(args)
+    executor = ModalExecutor(cfg, trials_dir="runs/check", output=_modal_output(args))
+    model = args.model or CHECK_MODEL
+    print(f"embedft modal check: build the image, start one container on GPU {gpu_words(cfg.gpu)}, train {model} for 2 steps on the packaged demo pairs")
+    for line in executor.plan():
+        print(f"  {line}")
+    if not has_token():
+        expected = "a Modal token: run `modal setup` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
+        raise RemoteTrialError("no Modal token here, so nothing was started", field="modal", expected=expected, found="no token")
+    with tempfile.TemporaryDirectory(prefix="embedft-check-") as tmp:
+        report = run_check(executor, tmp, model=model)
+    build = report["build_seconds"]
+    print(f"image ready and app started in {build:.0f}s" if build is not None else "image: not built")
+    gpu = report["gpu"] or ("none (the trial saw no CUDA GPU)" if report["ran"] else "unknown (the trial did not run)")
+    print(f"GPU: {gpu}; CUDA {report['cuda'] or '-'}; torch {report['torch']}; bf16 {'-' if report['bf16'] is None else 'yes' if report['bf16'] else 'no'}")
+    step = report["seconds_per_step"]
+    print(f"2-step trial: {report['state']}" + (f", {step:.2f} s/step" if step is not None else "") + f", {report['trial_seconds']:.1f}s in the trial")
+    if report["error"]:
+        print(f"  error: {report['error'].splitlines()[0]}")
+    print(f"volume {cfg.volume}: {', '.join(report['volume']) or 'empty'}")
+    return 0 if report["state"] == "complete" else 1
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -244,7 +324,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from embedft.search import OptunaSearch, SearchConfig, SearchProgress, format_trials
+    from embedft.search import OptunaSearch, SearchProgress, format_trials
 
     class Bar(SearchProgress):
         """One bar over the trials, the best value so far in its postfix."""
@@ -266,29 +346,46 @@ def _run_search(args: argparse.Namespace) -> int:
             if self.bar is not None:
                 self.bar.close()
 
-    cfg = SearchConfig.from_file(args.config)
+    cfg = _search_config(args)
     chosen = ("executor", args.executor) if args.executor else ("backend", args.backend)  # --backend: read as backend: in a file
     updates = {k: v for k, v in (("workers", args.workers), ("storage", args.storage), ("n_trials", args.n_trials), ("output_dir", args.output_dir), chosen) if v is not None}
+    fidelity = (("warm_start", args.warm_start), ("warm_start_trials", args.warm_start_trials), ("dev_subsample", args.dev_subsample), ("second_objective", args.second_objective))
+    updates.update({k: v for k, v in fidelity if v is not None})
     if args.modal_config or args.gpu:
         updates["modal"] = _modal_config(args, cfg.modal).model_dump(mode="json")
     if updates:
         cfg = cfg.with_overrides(updates, source="the command line")
     if args.overrides:
         cfg = cfg.with_overrides(args.overrides)
-    search = OptunaSearch(cfg, progress=None if args.quiet else Bar())
+    executor = None
+    if cfg.executor == "modal":
+        from embedft.executors import make_executor
+
+        executor = make_executor(cfg)
+        executor.output = _modal_output(args)  # type: ignore[attr-defined]
+    search = OptunaSearch(cfg, progress=None if args.quiet else Bar(), executor=executor)
     check_output_dir(cfg.output_dir, kind="search", resume=True, inputs=[("config", args.config), *search.inputs()])
-    where = f"Modal GPU {cfg.modal.gpu}, up to {cfg.modal.max_containers} containers" if cfg.executor == "modal" else f"{cfg.workers} local worker(s)"
+    where = f"Modal GPU {_gpu_words(cfg.modal.gpu)}, up to {cfg.modal.max_containers} containers" if cfg.executor == "modal" else f"{cfg.workers} local worker(s)"
     print(f"study {cfg.study_name!r} in {_redacted(search.storage_url())}; {cfg.n_trials} trials on {where}")
+    if cfg.executor == "modal":
+        here = "the base model's reference scores, " + ("retraining the best config" if cfg.retrain_best else "the best model's test evaluation")
+        print(f"trials train on Modal; {here} run on this machine, where the study and the test split are")
+        folder = executor.volume_dir()  # type: ignore[union-attr]
+        print(f"trial folders: volume {cfg.modal.volume}:{folder} (copy one here with `embedft pull {folder}/<number:04d> DIR`)")
     result = search.run()
     print()
     print(format_trials(json.loads(result.trials_json.read_text(encoding="utf-8")), best=result.best_number, reference=result.base_value))
     print(f"trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed; train time {result.train_seconds:.1f}s")
     if result.gpu_seconds is not None:
-        print(f"GPU-seconds used: {result.gpu_seconds:.0f} ({cfg.modal.gpu})")
+        print(f"trials ran {result.gpu_seconds:.0f}s on {_gpu_words(cfg.modal.gpu)} ({_MODAL_BILLING})")
     if result.best_number is None:
         print("no trial completed")
         return 1
     print(f"best trial #{result.best_number}: dev {search.task.primary_metric} = {result.best_value:.4f}")
+    if result.pareto_rule:
+        front = ", ".join(f"#{r['number']} ({r[result.objectives[0]]:.4f}, {r[result.objectives[1]]:.4g})" for r in result.pareto)
+        print(f"Pareto front ({result.objectives[0]}, {result.objectives[1]}): {front}; pareto.csv and plots/pareto_front.png")
+        print(f"recommended by the rule: {result.pareto_rule}")
     if result.message:
         print(f"recommendation: {result.message}")
     from embedft.redact import mask_urls
@@ -303,6 +400,48 @@ def _run_search(args: argparse.Namespace) -> int:
     if result.best_model_path:
         print(f"best model: {result.best_model_path}")
     print(f"trials table: {result.trials_csv}; plots: {', '.join(str(p) for p in result.plots) or 'none'}")
+    return 0
+
+
+def _search_config(args: argparse.Namespace) -> Any:
+    """The search config of the file (or the defaults), with ``--task``, ``--data`` and ``--preset`` applied."""
+    from embedft.search import SearchConfig
+
+    if args.config is None and args.preset is None:
+        raise ConfigError("a search needs a config file or a preset", field="config", expected="embedft search CONFIG, or embedft search --preset auto --data FILE", found=None)
+    cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig()
+    start = {k: v for k, v in (("base.task", args.task), ("base.data.source", args.data), ("space", args.preset)) if v is not None}
+    if args.preset and cfg.space and cfg.preset is None:
+        raise ConfigError("--preset fills the search space, but the config file has one", field="space", expected="a config without a space (or with space: auto)", found=sorted(cfg.space))
+    return cfg.with_overrides(start, source="the command line") if start else cfg
+
+
+def _curve(args: argparse.Namespace) -> int:
+    from embedft.curve import CurvePoint, learning_curve, parse_sizes
+
+    cfg = _config(args)
+    sizes = parse_sizes(args.sizes)  # a bad --sizes is one line before anything loads
+    bar: Any = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sizes), desc="sizes", unit="size")
+
+    def on_point(point: CurvePoint) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{point.train_pairs} rows: {point.state}" + (f" test {point.test:.4f}" if point.test is not None else ""))
+            bar.update(1)
+
+    modal = _modal_config(args) if args.executor == "modal" else None
+    try:
+        with contextlib.nullcontext() if args.verbose or args.debug else _quiet_libraries():
+            options = {"output_dir": args.output_dir, "overwrite": args.overwrite, "min_gain": args.min_gain, "keep_models": args.keep_models}
+            result = learning_curve(cfg, sizes, executor=args.executor, workers=args.workers, modal=modal, on_point=on_point, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.summary())
+    print(f"table: {result.csv_path}; plot: {result.plot_path or 'none'}")
     return 0
 
 
@@ -322,10 +461,14 @@ def _run(args: argparse.Namespace) -> int:
             updates["overwrite"] = True
         if args.repeats is not None:
             updates["training.repeats"] = args.repeats
+        if args.recipe is not None:
+            updates["training.recipe"] = args.recipe
+        if args.time_budget is not None:
+            updates["training.time_budget_minutes"] = args.time_budget
         cfg = cfg.with_overrides(updates, source="the command line") if updates else cfg
         _check_run_output(cfg, config_file=args.config)  # before any data, model or GPU
         if (args.executor or args.backend) == "modal":  # --executor wins over the older --backend
-            return _train_remote(cfg, _modal_config(args))
+            return _train_remote(cfg, _modal_config(args), args)
         return _train(cfg, args)
     if args.command == "demo":
         cfg = _config(args, demo_config(args.output_dir)).with_overrides({"overwrite": True})
@@ -334,6 +477,10 @@ def _run(args: argparse.Namespace) -> int:
         return _train(cfg, args)
     if args.command == "search":
         return _search(args)
+    if args.command == "curve":
+        return _curve(args)
+    if args.command == "modal":
+        return _modal_check(args)
     if args.command == "pull":
         check_output_dir(args.local, kind="model", field="local", overwrite=True)
         from embedft.executors.modal import ModalExecutor

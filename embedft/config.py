@@ -222,7 +222,7 @@ class ModelConfig(_Section):
     """
 
     base_model: str = DEFAULT_BASE_MODEL
-    max_seq_length: int | None = Field(None, gt=0, le=8192)
+    max_seq_length: Annotated[int, Field(gt=0, le=8192)] | Literal["auto"] | None = None  # auto: sized to the training texts
     dense: DenseHead | None = None
     freeze_backbone: bool = False
     trust_remote_code: bool = False
@@ -271,6 +271,18 @@ class TrainingConfig(_Section):
     cache_frozen_embeddings: bool = True
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     repeats: int = Field(1, ge=1, le=100)  # train this many seeds (seed, seed + 1, ...) on the same splits
+    recipe: Literal["default", "quality"] = "default"  # fills the fields the config leaves unset (embedft.recipes)
+    extra_losses: list[str] = Field(default_factory=list)  # multi-task: more losses, each on the train split in its own format
+    multi_dataset_batch_sampler: Literal["proportional", "round_robin"] = "proportional"
+    group_by_length: bool = False  # batches of texts of similar length: fewer padded tokens (embedft.sampling)
+    time_budget_minutes: float | None = Field(None, gt=0, le=100_000)  # fit data size and epochs to the time (embedft.budget)
+
+    @field_validator("extra_losses")
+    @classmethod
+    def _distinct_losses(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"extra_losses must name each loss once, found {value}")
+        return value
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -285,19 +297,27 @@ class TrainingConfig(_Section):
 class ModalConfig(_Section):
     """Where and how trials run on Modal (used with ``executor: modal``); needs ``embedft[modal]``.
 
-    ``gpu`` is one Modal GPU type or a fallback list tried in order (``["L4", "A10G"]``).
-    ``timeout`` bounds one trial in seconds (a trial past it is recorded as failed);
-    ``retries`` re-runs a trial lost to preemption or an infrastructure error.
-    Model weights and the hub cache live on the ``volume`` (downloaded once, shared by
-    all containers); ``secrets`` names Modal secrets to mount (e.g. a Hugging Face token).
+    ``gpu`` is one Modal GPU type or a fallback list tried in order (``["L4", "A10G"]``; each
+    trial records the GPU it got). ``timeout`` bounds one trial in seconds (a trial past it is
+    recorded as failed); ``retries`` is ``modal.Retries``: how often Modal re-runs a trial whose
+    call raised or timed out (a failing trial is a result, not an exception, so this mostly repeats
+    timeouts; Modal reschedules preempted containers on its own, whatever this says).
+    The hub cache (``HF_HUB_CACHE``) lives on the ``volume`` (each base model downloaded once,
+    before trials fan out); ``secrets`` names Modal secrets to mount (e.g. a Hugging Face token).
+    The image installs ``torch`` (``torch``: default the local release) from the PyTorch wheel
+    index for ``cuda`` (default: the newest CUDA tag up to 12.8 whose index has that release; a
+    tag without it is refused before anything is built), and the other packages at the versions
+    installed here.
     """
 
     app_name: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     gpu: str | list[str] = "L4"
     timeout: int = Field(3600, gt=0, le=86400)
     max_containers: int = Field(8, ge=1, le=1000)
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(0, ge=0, le=10)
     volume: str = Field("embedft", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    cuda: str | None = Field(None, pattern=r"^\d+\.\d+$")  # the PyTorch wheel index cuXXX; default: the newest (up to 12.8) that has the torch release
+    torch: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$")  # default: the torch release installed here
     mount: str = "/vol"
     python_version: str | None = Field(None, pattern=r"^3\.\d+$")
     secrets: list[str] = Field(default_factory=list)
@@ -359,7 +379,7 @@ class ConfigBase(StrictModel):
         Values given as strings are parsed as YAML scalars, so ``2`` is an int,
         ``3e-5`` a float and ``null`` is None.
         """
-        data = self.to_dict()
+        data = self.model_dump(mode="json", exclude_unset=True)  # what was set stays set: a recipe fills only the rest
         if isinstance(assignments, str):  # one assignment, not its characters
             assignments = [assignments]
         if not isinstance(assignments, dict) and not all(isinstance(a, str) for a in assignments):
@@ -386,6 +406,14 @@ class RunConfig(ConfigBase):
     output_dir: str = Field("runs/embedft", min_length=1)
     overwrite: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_recipe(cls, data: Any) -> Any:
+        """``training.recipe`` fills the fields the config leaves unset (:mod:`embedft.recipes`)."""
+        from embedft.recipes import expand_recipe
+
+        return expand_recipe(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _task_and_loss(self) -> RunConfig:
         from embedft.tasks import get_task
@@ -398,8 +426,9 @@ class RunConfig(ConfigBase):
         loss = spec.name
         if self.training.loss_kwargs:  # checked against the loss's signature here, so a search stops before any trial
             spec.prepare_kwargs(self.training.loss_kwargs)
-        if spec.needs_guide and not self.training.guide_model:
-            raise ConfigError(f"{loss} needs a guide model", field="training.guide_model", expected="a model id or path (e.g. a larger embedding model)", found=None)
+        guided = next((s.name for s in (spec, *(task.loss(n) for n in self.training.extra_losses)) if s.needs_guide), None)
+        if guided and not self.training.guide_model:
+            raise ConfigError(f"{guided} needs a guide model", field="training.guide_model", expected="a model id or path (e.g. a larger embedding model)", found=None)
         unknown_roles = sorted(set(self.data.columns) - set(task.roles))
         if unknown_roles:
             raise ConfigError(
@@ -417,7 +446,17 @@ class RunConfig(ConfigBase):
             )
         if self.data.score_range is not None and task.label_type != "score":
             raise ConfigError("score_range applies to scored tasks only", field="data.score_range", expected="null for task " + task.name, found=list(self.data.score_range))
-        if self.training.hard_negatives and not spec.uses_hard_negatives:
+        extra = [task.loss(name) for name in self.training.extra_losses]
+        if self.training.time_budget_minutes is not None and self.training.repeats > 1:
+            raise ConfigError(
+                "a time budget plans one training run",
+                field="training.time_budget_minutes",
+                expected="training.repeats: 1 with a time budget",
+                found=f"repeats {self.training.repeats}",
+            )
+        if loss in self.training.extra_losses:
+            raise ConfigError("training.extra_losses repeats the main loss", field="training.extra_losses", expected=f"losses other than {loss}", found=self.training.extra_losses)
+        if self.training.hard_negatives and not any(s.uses_hard_negatives for s in (spec, *extra)):
             raise ConfigError(
                 "hard_negatives=true needs a loss that takes hard negatives",
                 field="training.hard_negatives",
@@ -464,7 +503,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None and part in ("dense", "mine_hard_negatives"):  # optional sections: created by their first key
+        if child is None and (part in ("dense", "mine_hard_negatives") or part not in node):  # optional or unset sections: created by their first key
             child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(
@@ -486,7 +525,11 @@ def validate_config(cls: type[_M], data: Any, source: str) -> _M:
 
 
 def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    import re
+
     err = exc.errors()[0]
+    # a union's member tags (``constrained-int``, ``literal['auto']``) are not part of the field's name
+    err["loc"] = tuple(p for p in err["loc"] if not (isinstance(p, str) and re.fullmatch(r"constrained-\w+|literal\[.*\]", p)))
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     inner = (err.get("ctx") or {}).get("error")

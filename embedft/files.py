@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 MARKER = ".embedft-output"
 """The file that marks a folder as written by embedft (JSON: ``{"written_by": "embedft", "kind": ...}``)."""
 
-KINDS = ("run", "search", "splits", "model", "cache", "scratch")
-"""What a marked folder holds: a training run, a search, saved splits, a pulled model, the cache root, a scratch folder."""
+KINDS = ("run", "search", "curve", "splits", "model", "cache", "scratch")
+"""What a marked folder holds: a training run, a search, a learning curve, saved splits, a pulled model, the cache root, a scratch folder."""
 
 
 class OutputError(EmbedftError, OSError):
@@ -282,8 +282,8 @@ def _check_output_dir(path: str | os.PathLike, shown: str, *, kind: str, field: 
                     expected="an embedft output as embedft left it (move the added files out first)",
                     found=f"{shown}: {', '.join(foreign[:5])}",
                 )
-            if kind == "run" and not overwrite and not resume:
-                what = "a model" if (out / "model").exists() else "a run"
+            if kind in ("run", "curve") and not overwrite and not resume:
+                what = "a model" if (out / "model").exists() else f"a {kind}"
                 raise OutputExistsError(
                     f"output directory already holds {what}",
                     field=field,

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from embedft.budget import BudgetPlan
 from embedft.data import DataReport
 from embedft.mining import MiningReport
 
@@ -217,6 +218,7 @@ class TrainResult(BaseModel):
     matryoshka: list[MatryoshkaRow] = []
     mining: MiningReport | None = None
     frozen_cache: dict[str, float] | None = None
+    time_budget: BudgetPlan | None = None  # what training.time_budget_minutes planned, and whether it stopped training
     warnings: list[str] = []
 
     def improvement(self, metric: str | None = None, split: str = "test") -> float:
@@ -256,6 +258,8 @@ class TrainResult(BaseModel):
                 lines.append(f"{row.dimension:>9} {row.bytes_per_vector:>6} {base:>9} {test:>8} {row.dev:>8.4f}")
         if self.mining is not None:
             lines.append(self.mining.summary())
+        if self.time_budget is not None:
+            lines.append(self.time_budget.summary() + ("; training stopped at the end of the budget" if self.time_budget.stopped_by_budget else ""))
         lines.extend(f"warning: {w}" for w in self.warnings)
         lines.append(f"model: {self.model_path}")
         return "\n".join(lines)

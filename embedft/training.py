@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from embedft.budget import BudgetPlan
 from embedft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, load_config, validate_config
 from embedft.data import BuiltDataset, DatasetBuilder
 from embedft.errors import ConfigError, EmbedftError, ModelError, TrainingError
@@ -45,10 +46,11 @@ EvaluateHook = Callable[[int, dict[str, float]], "bool | None"]
 class Progress(Protocol):
     """Where :class:`Trainer` reports what it is doing; the CLI draws one progress bar per phase.
 
-    ``phase(name, total)`` is a context manager around one phase (``data``, ``embedding cache``,
+    ``phase(name, total)`` is a context manager around one phase (``data``, ``base model``, ``embedding cache``,
     ``baseline evaluation``, ``training``, ``final evaluation``); its value has ``update(n=1, **postfix)``.
     ``total`` is the number of steps to expect (None: the phase is one step, done when it ends).
     Training reports each step, and refreshes the postfix (latest loss, dev score) with ``n=0``.
+    A reporter may also have ``note(message)``: lines to show between phases (a time budget's plan).
     """
 
     def phase(self, name: str, total: int | None = None) -> contextlib.AbstractContextManager[Any]: ...
@@ -105,6 +107,8 @@ class Trainer:
             ``embedft.training`` logger at DEBUG.
         show_progress: the libraries' own progress bars (encoding batches); None: ``training.progress``.
             A display choice, not part of the run: the saved config keeps ``training.progress``.
+        base_models: a :class:`~embedft.modeling.BaseModelCache`: the base model is a copy of the
+            one it keeps in memory instead of a read from disk (a search worker passes its own).
 
     Example::
 
@@ -125,6 +129,7 @@ class Trainer:
         callbacks: list[Any] | None = None,
         reporter: Progress | None = None,
         show_progress: bool | None = None,
+        base_models: Any = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
@@ -135,7 +140,7 @@ class Trainer:
         for name, value in checked:
             if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
                 raise ConfigError(f"{name} must be a list", field=name, expected="a list (of callables / TrainerCallback objects)", found=type(value).__name__)
-        base = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
+        base = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, RunConfig) else dict(config or {})  # unset stays unset: a recipe fills it
         self._data_object = None
         if isinstance(data, (str, os.PathLike)):
             base.setdefault("data", {})
@@ -159,6 +164,7 @@ class Trainer:
         self._callbacks = list(callbacks or [])
         self.reporter: Progress = reporter or LogProgress()
         self.show_progress = self.config.training.progress if show_progress is None else show_progress
+        self.base_models = base_models
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> Trainer:
@@ -190,6 +196,10 @@ class Trainer:
         Metrics carry bootstrap intervals and ``result.verdict`` says whether fine-tuning helped
         (``training.bootstrap``).
         """
+        from embedft.budget import clock
+
+        self._fit_start = clock()  # a time budget counts from here
+        self._dev_eval_seconds: float | None = None  # measured by the baseline evaluation, for a time budget's plan
         cfg, t_cfg = self.config, self.config.training
         check_output_dir(cfg.output_dir, kind="run", overwrite=cfg.overwrite, inputs=self.inputs())
         out = Path(cfg.output_dir).expanduser()
@@ -212,7 +222,10 @@ class Trainer:
             best: _SeedRun | None = None
             for seed in range(t_cfg.seed, t_cfg.seed + t_cfg.repeats):
                 set_seed(seed)
-                model = load_model(cfg.model, device, seed=seed)  # a model that cannot load leaves no folder behind
+                with self.reporter.phase("base model"):
+                    model = load_model(_loadable(cfg.model), device, seed=seed, cache=self.base_models)  # a model that cannot load leaves no folder behind
+                if cfg.model.max_seq_length == "auto":  # sized to the training texts once; config.yaml records the length
+                    cfg = self.config = _size_to_data(model, built, self.task, cfg)
                 tmp = tmp or new_scratch(out)  # also removes the scratch of a run that was killed
                 mark(tmp / "checkpoints", "scratch")
                 run = self._fit_seed(seed, model, built, device, tmp / "checkpoints", runs[0] if runs else None, baseline=baseline, evaluate_test=evaluate_test)
@@ -246,6 +259,7 @@ class Trainer:
                 data=built.report,
                 mining=first.mining,
                 frozen_cache=best.frozen_cache,
+                time_budget=best.budget,
                 device=device,
                 train_pairs=best.train_pairs,
                 train_steps=best.steps,
@@ -294,8 +308,10 @@ class Trainer:
         if first is not None:
             run.before, run.base_scores, run.base_by_dim, run.mining = first.before, first.base_scores, first.base_by_dim, first.mining
         elif baseline:
+            t_base = time.perf_counter()
             with self.reporter.phase("baseline evaluation"):
                 run.before, run.base_scores = self._evaluate(trained, built, evaluate_test)
+                self._dev_eval_seconds = (time.perf_counter() - t_base) * len(built.dev) / (len(built.dev) + (len(built.test) if evaluate_test else 0))
                 run.base_by_dim = self._evaluate_dims(trained, built, dims, evaluate_test)
             logger.info("base model: dev %s=%.4f", self.task.primary_metric, run.before.dev_score)
         if first is None and cfg.data.mine_hard_negatives is not None:
@@ -304,21 +320,34 @@ class Trainer:
             run.built, run.mining = mine_hard_negatives(built, trained, cfg.data.mine_hard_negatives)
             built = run.built
 
-        train_ds = built.dataset("train", loss=loss_spec.name, hard_negatives=t_cfg.hard_negatives, seed=seed)
-        loss = _loss_module(self._loss, trained, cached=cache is not None) if self._loss is not None else self._build_loss(loss_spec, trained, device)
+        specs = [loss_spec, *(self.task.loss(name) for name in t_cfg.extra_losses)]  # multi-task: one dataset and loss each
+        train_ds = _train_datasets(built, specs, t_cfg, seed)
+        loss = _loss_module(self._loss, trained, cached=cache is not None) if self._loss is not None else self._build_losses(specs, trained, device)
         evaluator = self._evaluator or self.task.evaluator_factory(built.dev, "dev", t_cfg.eval_batch_size, built.corpus)
+        in_batch = any(spec.uses_in_batch_negatives for spec in specs)
+        precision = training_precision_flags(t_cfg, device)
+        if t_cfg.time_budget_minutes is not None:  # time a few real steps, then fit data size and epochs to what is left
+            run.budget, built, train_ds, t_cfg = self._plan_budget(trained, built, specs, train_ds, loss, t_cfg, scratch, precision, device, in_batch, seed)
         phase = "training" if cfg.training.repeats == 1 else f"training (seed {seed})"
-        with self.reporter.phase(phase, _planned_steps(t_cfg, len(train_ds))) as bar:
+        with self.reporter.phase(phase, _planned_steps(t_cfg, _rows(train_ds))) as bar:
             run.monitor = _make_monitor(evaluator, self.task, self._hooks, t_cfg.early_stopping_patience, bar, trained)
-            precision = training_precision_flags(t_cfg, device)
-            trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, scratch, precision, device, loss_spec.uses_in_batch_negatives, [run.monitor, *self._callbacks])
+            stop = None
+            if run.budget is not None:
+                from embedft.budget import budget_callback
+
+                stop = budget_callback(self._fit_start + run.budget.budget_seconds, bar, run.monitor.shown, self._fit_start)
+            trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, scratch, precision, device, in_batch, [*([stop] if stop else []), run.monitor, *self._callbacks])
             t0 = time.perf_counter()
             with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
                 output = trainer.train()
             run.seconds, run.steps, run.epochs = time.perf_counter() - t0, int(trainer.state.global_step), float(trainer.state.epoch or 0.0)
+        if run.budget is not None:
+            run.budget = run.budget.model_copy(update={"stopped_by_budget": bool(stop and stop.stopped), "training_seconds": run.seconds})
+            if run.budget.stopped_by_budget:
+                logger.info("time budget: training stopped at step %d of %d", run.steps, run.budget.steps)
         run.monitor.restore_best()
-        run.train_loss, run.train_pairs = float(output.training_loss), len(train_ds)
-        run.loss_name = loss_spec.name if self._loss is None else type(trainer.loss).__name__
+        run.train_loss, run.train_pairs = float(output.training_loss), sum(_rows(train_ds))
+        run.loss_name = "+".join(spec.name for spec in specs) if self._loss is None else type(trainer.loss).__name__
         trained.eval()
         with self.reporter.phase("final evaluation"):
             run.after, run.after_scores = self._evaluate(trained, built, evaluate_test)
@@ -345,6 +374,13 @@ class Trainer:
         """What can be refused before data or a model loads: the loss's keyword arguments
         (against its signature) and a guide model path that does not exist."""
         t_cfg = self.config.training
+        if self._loss is not None and t_cfg.extra_losses:
+            raise ConfigError(
+                "training.extra_losses needs the registry's losses: a loss object replaces only one",
+                field="training.extra_losses",
+                expected="[] with Trainer(loss=...), or loss names only",
+                found=t_cfg.extra_losses,
+            )
         if self._loss is not None:
             if t_cfg.loss_kwargs:
                 logger.warning("training.loss_kwargs is ignored: a loss object was given (build it with its arguments)")
@@ -366,7 +402,8 @@ class Trainer:
             return None
         import torch
 
-        why = loss_spec.not_on_cached_embeddings if self._loss is None else None
+        extra = [self.task.loss(name).not_on_cached_embeddings for name in t_cfg.extra_losses]
+        why = next((w for w in (loss_spec.not_on_cached_embeddings, *extra) if w), None) if self._loss is None else None
         if isinstance(self._loss, torch.nn.Module):
             why = "a loss object built on the full model (a factory model -> loss trains on the cache)"
         if why:
@@ -396,7 +433,7 @@ class Trainer:
         built = self.build_data()
         if model is None or isinstance(model, (str, os.PathLike)):
             cfg = self.config.model if model is None else self.config.model.model_copy(update={"base_model": str(model), "dense": None, "freeze_backbone": False})
-            model = load_model(cfg, resolve_device(self.config.training.device))
+            model = load_model(_loadable(cfg), resolve_device(self.config.training.device))
         from embedft.compare import compare_reports
 
         report, scores = self._evaluate(model, built)
@@ -430,7 +467,66 @@ class Trainer:
             reports[dim] = self._evaluate(prefix, built, evaluate_test)[0]
         return reports
 
-    def _build_loss(self, spec: Any, model: Any, device: str) -> Any:
+    def _build_losses(self, specs: list[Any], model: Any, device: str) -> Any:
+        """The loss for ``model``, or (multi-task, ``training.extra_losses``) a dict of one loss per dataset;
+        ``training.loss_kwargs`` go to the main loss."""
+        if len(specs) == 1:
+            return self._build_loss(specs[0], model, device)
+        return {spec.name: self._build_loss(spec, model, device, kwargs=None if i == 0 else {}) for i, spec in enumerate(specs)}
+
+    def _plan_budget(
+        self, trained: Any, built: BuiltDataset, specs: list[Any], train_ds: Any, loss: Any, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, Any], device: str, in_batch: bool, seed: int
+    ) -> tuple[BudgetPlan, BuiltDataset, Any, TrainingConfig]:
+        """Time a few real training steps (weights put back after), then plan data size and epochs for the budget."""
+        import torch
+        from transformers import TrainerCallback
+
+        from embedft.budget import CALIBRATION_STEPS, clock, plan_budget
+
+        ends: list[float] = []
+
+        class StepClock(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                ends.append(time.perf_counter())
+                bar.update(1)
+
+        weights = {n: p.detach().to("cpu", copy=True) for n, p in trained.named_parameters() if p.requires_grad}
+        steps = min(CALIBRATION_STEPS + 1, _planned_steps(t_cfg, _rows(train_ds)))
+        with self.reporter.phase("time budget calibration", steps) as bar:
+            calibration = _make_st_trainer(trained, train_ds, loss, None, t_cfg.model_copy(update={"max_steps": steps}), scratch, precision, device, in_batch, [StepClock()])
+            started = time.perf_counter()
+            calibration.train()
+        with torch.no_grad():
+            for n, p in trained.named_parameters():
+                if n in weights:
+                    p.copy_(weights[n])
+        # the mean step after the first (data loader start, lazy set-up): the plan is a sum of steps, slow ones included
+        per_step = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
+        dev_eval = self._dev_eval_seconds if self._dev_eval_seconds is not None else _time_dev_evaluation(trained, built, self.task, t_cfg.eval_batch_size)
+        assert t_cfg.time_budget_minutes is not None
+        plan = plan_budget(
+            budget_seconds=t_cfg.time_budget_minutes * 60,
+            spent_seconds=clock() - self._fit_start,
+            seconds_per_step=per_step,
+            measured_steps=max(1, len(ends) - 1),
+            rows=_rows(train_ds),
+            batch_size=t_cfg.batch_size,
+            epochs=t_cfg.epochs,
+            dev_eval_seconds=dev_eval,
+            round_robin=t_cfg.multi_dataset_batch_sampler == "round_robin",
+            max_steps=t_cfg.max_steps,
+        )
+        if plan.train_fraction < 1:
+            built = built.cap_train(max(1, math.ceil(len(built.train) * plan.train_fraction)), seed)
+            train_ds = _train_datasets(built, specs, t_cfg, seed)
+        t_cfg = t_cfg.model_copy(update={"epochs": plan.epochs, "max_steps": plan.steps if t_cfg.max_steps else None})
+        logger.info("%s", plan.summary())
+        note = getattr(self.reporter, "note", None)
+        if callable(note):
+            note(plan.summary())
+        return plan, built, train_ds, t_cfg
+
+    def _build_loss(self, spec: Any, model: Any, device: str, kwargs: dict[str, Any] | None = None) -> Any:
         """The configured loss for ``model``: the guide model loaded when needed, Matryoshka-wrapped when asked."""
         t_cfg = self.config.training
         guide = None
@@ -443,7 +539,7 @@ class Trainer:
                 guide = load_model(guide_cfg, device)
             except EmbedftError as exc:
                 raise ModelError(exc.message, field="training.guide_model", expected=exc.expected, found=t_cfg.guide_model) from None
-        loss = spec.build(model, guide=guide, **t_cfg.loss_kwargs)
+        loss = spec.build(model, guide=guide, **(t_cfg.loss_kwargs if kwargs is None else kwargs))
         if t_cfg.matryoshka_dims:
             from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
@@ -465,6 +561,7 @@ class _SeedRun:
     base_by_dim: dict[int, EvalReport] = field(default_factory=dict)
     mining: Any = None
     frozen_cache: dict[str, float] | None = None
+    budget: BudgetPlan | None = None
     monitor: Any = None
     after: EvalReport = field(init=False)  # set once the seed has trained
     after_scores: dict[str, Any] = field(default_factory=dict)
@@ -563,11 +660,12 @@ def _non_finite_loss_guard(loss: Any, learning_rate: float, loss_kwargs: dict[st
             if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.detach()).all()):
                 raise TrainingError.non_finite_loss(float(value.detach().float().sum()), step, learning_rate, loss_kwargs)
 
-    handle = loss.register_forward_hook(check)
+    handles = [module.register_forward_hook(check) for module in (loss.values() if isinstance(loss, dict) else [loss])]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _save_run(tmp: Path, out: Path, model: Any, cfg: RunConfig, result: TrainResult) -> None:
@@ -652,12 +750,61 @@ def _check_matryoshka_dims(dims: list[int] | None, model: Any) -> list[int]:
     return list(dims)
 
 
-def _planned_steps(t_cfg: TrainingConfig, train_rows: int) -> int:
+def _planned_steps(t_cfg: TrainingConfig, train_rows: int | list[int]) -> int:
     return t_cfg.max_steps or math.ceil(_steps_per_epoch(t_cfg, train_rows) * t_cfg.epochs)
 
 
-def _steps_per_epoch(t_cfg: TrainingConfig, train_rows: int) -> int:
-    return max(1, math.ceil(train_rows / t_cfg.batch_size))
+def _steps_per_epoch(t_cfg: TrainingConfig, train_rows: int | list[int]) -> int:
+    """Batches in one epoch: over several datasets (multi-task), all of each (proportional) or
+    as many of each as the smallest has (round robin), as sentence-transformers' samplers draw them."""
+    batches = [max(1, math.ceil(n / t_cfg.batch_size)) for n in ([train_rows] if isinstance(train_rows, int) else train_rows)]
+    return min(batches) * len(batches) if t_cfg.multi_dataset_batch_sampler == "round_robin" else sum(batches)
+
+
+def _time_dev_evaluation(model: Any, built: BuiltDataset, task: Any, batch_size: int, sample: int = 512) -> float:
+    """Seconds a dev evaluation should take: ``sample`` of its texts encoded and timed, scaled to all of them
+    (and the corpus, which retrieval encodes too)."""
+    texts = [str(t) for c in task.text_columns if c in built.dev.columns for t in built.dev[c]]
+    total = len(texts) + (0 if built.corpus is None else len(built.corpus))
+    if not texts:
+        return 0.0
+    step = max(1, len(texts) // sample)
+    chosen = texts[::step][:sample]
+    t0 = time.perf_counter()
+    model.encode(chosen, batch_size=batch_size, show_progress_bar=False)
+    return (time.perf_counter() - t0) * total / len(chosen)
+
+
+def _loadable(model_cfg: ModelConfig) -> ModelConfig:
+    """The model config ``load_model`` reads: ``max_seq_length: auto`` is the model's own until the data sizes it."""
+    return model_cfg.model_copy(update={"max_seq_length": None}) if model_cfg.max_seq_length == "auto" else model_cfg
+
+
+def _size_to_data(model: Any, built: BuiltDataset, task: Any, cfg: RunConfig) -> RunConfig:
+    """``model.max_seq_length: auto``: the token length of the 99.9th-percentile training text, rounded up
+    to a multiple of 8 and at most the model's own limit; set on ``model`` and returned in the config."""
+    import numpy as np
+
+    texts = [str(t) for c in (*task.text_columns, "negative") if c in built.train.columns for t in built.train[c].dropna()]
+    limit = int(model.max_seq_length or 512)
+    length = limit
+    if texts:
+        ids = model.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+        length = min(limit, max(8, 8 * math.ceil(float(np.percentile([len(x) for x in ids], 99.9)) / 8)))
+    model.max_seq_length = length
+    logger.info("model.max_seq_length: auto -> %d tokens (99.9th percentile of %d training texts, model limit %d)", length, len(texts), limit)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"max_seq_length": length})})
+
+
+def _train_datasets(built: BuiltDataset, specs: list[Any], t_cfg: TrainingConfig, seed: int) -> Any:
+    """The training split in the format of each loss: one dataset, or a dict of one per loss (multi-task)."""
+    sets = {spec.name: built.dataset("train", loss=spec.name, hard_negatives=t_cfg.hard_negatives and spec.uses_hard_negatives, seed=seed) for spec in specs}
+    return sets[specs[0].name] if len(specs) == 1 else sets
+
+
+def _rows(train_ds: Any) -> list[int]:
+    """The rows of each training dataset (one, or one per loss in multi-task training)."""
+    return [len(d) for d in train_ds.values()] if isinstance(train_ds, dict) else [len(train_ds)]
 
 
 def _fill_cache(trained: Any, built: BuiltDataset, task: Any) -> dict[str, float]:
@@ -757,11 +904,12 @@ def _make_st_trainer(
     model: Any, train_ds: Any, loss: Any, evaluator: Any, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, Any], device: str, in_batch_negatives: bool, callbacks: list[Any]
 ) -> Any:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
     from transformers.trainer_callback import PrinterCallback
 
-    total = _planned_steps(t_cfg, len(train_ds))
-    eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, len(train_ds))
+    from embedft.sampling import batch_sampler
+
+    total = _planned_steps(t_cfg, _rows(train_ds))
+    eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, _rows(train_ds))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(scratch),
         num_train_epochs=t_cfg.epochs,
@@ -774,7 +922,7 @@ def _make_st_trainer(
         lr_scheduler_type=t_cfg.scheduler,
         weight_decay=t_cfg.weight_decay,
         warmup_steps=t_cfg.warmup_ratio,  # a float is a ratio in transformers>=5
-        eval_strategy="steps",
+        eval_strategy="steps" if evaluator is not None else "no",
         eval_steps=min(eval_steps, total),
         save_strategy="no",
         report_to="none",
@@ -783,7 +931,8 @@ def _make_st_trainer(
         disable_tqdm=True,  # steps go to the reporter (the monitor); the console is the CLI's
         use_cpu=device == "cpu",
         dataloader_pin_memory=device == "cuda",
-        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=batch_sampler(group_by_length=t_cfg.group_by_length, no_duplicates=in_batch_negatives, tokenizer=getattr(model, "tokenizer", None)),
+        multi_dataset_batch_sampler=t_cfg.multi_dataset_batch_sampler,
         **precision,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
