@@ -195,8 +195,9 @@ class OptunaSearch:
         if cfg.warm_start and not study.user_attrs.get("embedft_warm_start"):  # once per study: a resumed search does not queue them again
             enqueue_warm_start(study, cfg)
         if getattr(executor, "remote", False) and executor.trials_dir is not None:  # the first run's folder stands, whatever this machine is called now
-            if isinstance(study.user_attrs.get("trials_dir"), str):
-                executor.trials_dir = Path(study.user_attrs["trials_dir"])
+            stored = study.user_attrs.get("trials_dir")
+            if isinstance(stored, str) and _same_scheme(Path(stored), executor.trials_dir):
+                executor.trials_dir = Path(stored)
             else:
                 study.set_user_attr("trials_dir", executor.trials_dir.as_posix())
         cfg.save(out / "search.yaml", redact=True)
@@ -482,3 +483,8 @@ class OptunaSearch:
         )
         atomic_write_text(out / "search_result.json", result.model_dump_json(indent=2))
         return result
+
+
+def _same_scheme(stored: Path, current: Path) -> bool:
+    """A remembered trials folder is adopted only when it has this executor's layout (its sweep deletes there)."""
+    return ".." not in stored.parts and stored.name == current.name and stored.parent.parent == current.parent.parent and stored.parent != current.parent.parent
