@@ -32,6 +32,20 @@ def modal_search(tiny_model_path, tmp_path, **kw):
     return search_config(tiny_model_path, tmp_path, executor="modal", **kw)
 
 
+def cli_modal_search(tiny_model_path, tmp_path, monkeypatch, capsys):
+    """``embedft -q search`` of a one-trial Modal search on the stand-in: (the config as a dict, what it printed)."""
+    import yaml
+
+    import embedft.executors.modal as em
+    from embedft.cli import main
+
+    monkeypatch.setattr(em, "ModalExecutor", lambda config, **kw: OfflineModal(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"), **kw))
+    cfg = modal_search(tiny_model_path, tmp_path, n_trials=1).model_dump(mode="json")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "search", str(tmp_path / "s.yaml")]) == 0
+    return cfg, capsys.readouterr().out
+
+
 # 1. warm containers, the hub cache on the volume, volume sync failures, one download per model
 def test_a_warm_container_runs_later_trials(tiny_model_path, tmp_path):
     backend = remote(tmp_path)  # one container: every trial after the first runs on it warm
@@ -272,6 +286,12 @@ def test_a_resumed_search_finds_its_volume_folder_from_another_machine(tiny_mode
     result = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), executor=later).run()
     assert later.trials_dir == first.trials_dir and result.n_complete == 2
     assert not (tmp_path / "vol" / "runs" / "embedft-bbbb2222").exists()
+    # A remembered folder of another layout (a storage others can write) is not where a sweep deletes.
+    study = OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2)).load_study()
+    study.set_user_attr("trials_dir", "/")
+    other = remote(tmp_path, trials_dir="runs/embedft-cccc3333/trials")
+    OptunaSearch(modal_search(tiny_model_path, tmp_path, n_trials=2), executor=other).run()
+    assert other.trials_dir.as_posix() == "runs/embedft-cccc3333/trials"
 
 
 # 6. two searches never share a volume folder
@@ -309,16 +329,7 @@ def test_a_local_guide_model_is_uploaded(tiny_model_path, tmp_path):
 
 
 def test_the_cli_says_where_the_final_evaluation_runs(tiny_model_path, tmp_path, monkeypatch, capsys):
-    import yaml
-
-    import embedft.executors.modal as em
-    from embedft.cli import main
-
-    monkeypatch.setattr(em, "ModalExecutor", lambda config, **kw: OfflineModal(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"), **kw))
-    cfg = modal_search(tiny_model_path, tmp_path, n_trials=1).model_dump(mode="json")
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["-q", "search", str(tmp_path / "s.yaml")]) == 0
-    out = capsys.readouterr().out
+    _, out = cli_modal_search(tiny_model_path, tmp_path, monkeypatch, capsys)
     assert "the best model's test evaluation run on this machine" in out and "in-trial time only" in out
 
 
@@ -571,16 +582,7 @@ def test_the_app_run_builds_the_image_and_output_shows_as_asked(tmp_path, monkey
 
 
 def test_the_cli_shows_the_volume_folder_and_upload_errors_do_not_point_at_missing_output(tiny_model_path, tmp_path, monkeypatch, capsys):
-    import yaml
-
-    import embedft.executors.modal as em
-    from embedft.cli import main
-
-    monkeypatch.setattr(em, "ModalExecutor", lambda config, **kw: OfflineModal(config.model_copy(update={"mount": str(tmp_path / "vol"), "poll_seconds": 0.01}), LocalVolume(tmp_path / "vol"), **kw))
-    cfg = modal_search(tiny_model_path, tmp_path, n_trials=1).model_dump(mode="json")
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["-q", "search", str(tmp_path / "s.yaml")]) == 0
-    out = capsys.readouterr().out
+    cfg, out = cli_modal_search(tiny_model_path, tmp_path, monkeypatch, capsys)
     search = SearchConfig.from_dict(cfg)
     folder = f"/runs/{search.study_name}-{study_key(search)}/trials"
     assert f"trial folders: volume embedft:{folder} (copy one here with `embedft pull {folder}/<number:04d> DIR`)" in out
