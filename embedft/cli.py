@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start-trials", type=int, metavar="K", help="how many of the earlier study's best configs to queue (default: 5)")
     p.add_argument("--dev-subsample", type=int, metavar="N", help="rows of dev (whole groups, stratified) the pruner's intermediate scores use; final scores use all of dev (default: 1000)")
     p.add_argument("--second-objective", choices=["dimension", "latency"], help="also minimise the embedding dimension or the encode ms per text: the result holds the Pareto front")
+    p.add_argument(
+        "--grow-train-data", action="store_true", default=None, help="grow each trial's training data with the pruner's rungs (successive_halving/hyperband): small pools early, all rows for survivors"
+    )
     _add_backend(p, ["auto", "inprocess", "process", "modal"])
 
     p = sub.add_parser("curve", help="learning curve: train on growing subsets of the training data and say whether more data would help")
@@ -357,6 +360,8 @@ def _run_search(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(updates, source="the command line")
     if args.overrides:
         cfg = cfg.with_overrides(args.overrides)
+    if args.grow_train_data:  # after --set, which may choose the pruner it needs
+        cfg = cfg.with_overrides({"pruner.grow_train_data": True}, source="--grow-train-data")
     executor = None
     if cfg.executor == "modal":
         from embedft.executors import make_executor

@@ -34,6 +34,7 @@ __all__ = [
     "ConfigLoader",
     "load_yaml",
     "SplitRatios",
+    "DataGrowth",
     "DataConfig",
     "DenseHead",
     "ModelConfig",
@@ -246,6 +247,20 @@ class BootstrapConfig(_Section):
     seed: Seed = 0
 
 
+class DataGrowth(_Section):
+    """Training data that grows with the optimizer steps (:mod:`embedft.sampling`).
+
+    Before rung ``first_step`` x ``factor``^k, batches come from the first
+    ``ceil(rows x rung / total steps)`` rows of one fixed, label-stratified order (the same in
+    every run with the same ``data.seed``); after the last rung below the end, from every row.
+    A search with ``pruner.grow_train_data`` sets it to its pruner's rungs: small data early, all
+    of it for the trials that survive.
+    """
+
+    first_step: int = Field(ge=1)
+    factor: int = Field(3, ge=2)
+
+
 class TrainingConfig(_Section):
     """Loss and optimisation settings. ``loss=None`` means the task's default loss."""
 
@@ -276,6 +291,7 @@ class TrainingConfig(_Section):
     multi_dataset_batch_sampler: Literal["proportional", "round_robin"] = "proportional"
     group_by_length: bool = False  # batches of texts of similar length: fewer padded tokens (embedft.sampling)
     time_budget_minutes: float | None = Field(None, gt=0, le=100_000)  # fit data size and epochs to the time (embedft.budget)
+    data_growth: DataGrowth | None = None  # small training pools early, all rows after the last rung (embedft.sampling)
 
     @field_validator("extra_losses")
     @classmethod
@@ -453,6 +469,13 @@ class RunConfig(ConfigBase):
                 field="training.time_budget_minutes",
                 expected="training.repeats: 1 with a time budget",
                 found=f"repeats {self.training.repeats}",
+            )
+        if self.training.data_growth is not None and self.training.extra_losses:
+            raise ConfigError(
+                "growing training data needs one training dataset",
+                field="training.data_growth",
+                expected="training.extra_losses: [] with data_growth",
+                found=f"extra_losses {self.training.extra_losses}",
             )
         if loss in self.training.extra_losses:
             raise ConfigError("training.extra_losses repeats the main loss", field="training.extra_losses", expected=f"losses other than {loss}", found=self.training.extra_losses)

@@ -14,16 +14,28 @@ it supports); :func:`batch_sampler` gives that callable::
     >>> sampler = batch_sampler(group_by_length=True, no_duplicates=False)
     >>> callable(sampler)
     True
+
+Growing training data (``training.data_growth``, which a search with ``pruner.grow_train_data``
+sets to its rungs): before rung ``r`` (``first_step`` x ``factor``^k optimizer steps) batches
+are drawn only from the first ``ceil(rows x r / total_steps)`` rows of one fixed, label-stratified
+order, so a trial reaches its first rung after training on a small pool, survivors see more, and
+after the last rung below the run's end every row is drawn. The pools are nested and the same in
+every trial (the order depends on ``data.seed`` only): trials compared at a rung were trained on
+the same rows. :func:`growth_pools` gives the schedule::
+
+    >>> growth_pools(rows=480, total_steps=30, first_step=3, factor=3, batch_size=16)
+    [(3, 48), (9, 144), (27, 432)]
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["batch_sampler", "row_lengths"]
+__all__ = ["batch_sampler", "row_lengths", "growth_pools", "growth_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,58 +59,137 @@ def row_lengths(dataset: Any, label_columns: list[str] | None = None, tokenizer:
     return [max((v if isinstance(v, int) else len(v) for v in row if isinstance(v, (int, str))), default=0) for row in zip(*columns, strict=True)]
 
 
-def batch_sampler(*, group_by_length: bool, no_duplicates: bool, tokenizer: Any = None) -> Any:
+def batch_sampler(*, group_by_length: bool, no_duplicates: bool, tokenizer: Any = None, growth: tuple[int, int, int, int] | None = None) -> Any:
     """The ``batch_sampler`` argument of ``SentenceTransformerTrainingArguments`` for these choices.
 
-    Without ``group_by_length`` it is sentence-transformers' own choice (``NO_DUPLICATES`` for losses
-    with in-batch negatives, else the default sampler); with it, a length-grouped sampler (lengths in
-    ``tokenizer``'s tokens, else in characters) that also keeps a text out of a batch that already
-    holds it when ``no_duplicates``.
+    Without ``group_by_length`` or ``growth`` it is sentence-transformers' own choice (``NO_DUPLICATES``
+    for losses with in-batch negatives, else the default sampler); with either, embedft's sampler:
+    length-grouped batches (lengths in ``tokenizer``'s tokens, else in characters) when asked, pools
+    that grow at the rungs when ``growth`` is ``(first_step, factor, total_steps, order_seed)``, and a
+    text kept out of a batch that already holds it when ``no_duplicates``.
     """
     from sentence_transformers.base.sampler import BatchSamplers
 
-    if not group_by_length:
+    if not group_by_length and growth is None:
         return BatchSamplers.NO_DUPLICATES if no_duplicates else BatchSamplers.BATCH_SAMPLER
-    return functools.partial(_length_grouped_class(), no_duplicates=no_duplicates, tokenizer=tokenizer)
+    return functools.partial(_sampler_class(), no_duplicates=no_duplicates, tokenizer=tokenizer, group_by_length=group_by_length, growth=growth)
+
+
+def growth_pools(*, rows: int, total_steps: int, first_step: int, factor: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[(rung, pool rows), ...]``: before optimizer step ``rung``, batches come from the first ``pool rows`` rows.
+
+    Rungs are ``first_step`` x ``factor``^k below ``total_steps``; a pool is the run's share of
+    rows at its rung (``ceil(rows x rung / total_steps)``), at least one batch, at most all rows.
+    After the last rung every row is drawn.
+    """
+    pools, rung = [], first_step
+    while rung < total_steps:
+        pools.append((rung, min(rows, max(batch_size, math.ceil(rows * rung / total_steps)))))
+        rung *= factor
+    return pools
+
+
+def growth_order(labels: list[Any] | None, n: int, seed: int) -> list[int]:
+    """The order rows join the growing pools: seeded, and stratified by label so every prefix keeps the label shares.
+
+    Each label's rows are shuffled and spread evenly over the order (a row at rank ``i`` of its
+    label's ``m`` rows sits at ``(i + 0.5) / m``); rows without a label of few values (scores,
+    none) are one stratum.
+
+    >>> order = growth_order([1, 0, 0, 0, 1, 0, 0, 0], 8, seed=0)
+    >>> sorted(order) == list(range(8)), sum(i in (0, 4) for i in order[:4])
+    (True, 1)
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keys = [repr(v) for v in labels] if labels is not None and len(set(map(repr, labels))) <= 10 else ["" for _ in range(n)]
+    strata: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        strata.setdefault(key, []).append(i)
+    placed: list[tuple[float, float, int]] = []
+    for key in sorted(strata):
+        members = strata[key]
+        for rank, j in enumerate(rng.permutation(len(members)).tolist()):
+            placed.append(((rank + 0.5) / len(members), float(rng.random()), members[j]))
+    return [i for _, _, i in sorted(placed)]
 
 
 @functools.lru_cache(maxsize=1)
-def _length_grouped_class() -> type:
+def _sampler_class() -> type:
     import torch
     from sentence_transformers.base.sampler import DefaultBatchSampler
 
-    class LengthGroupedBatchSampler(DefaultBatchSampler):
-        """Batches of rows of similar length, in random order; the same batches for the same seed and epoch."""
+    class EmbedftBatchSampler(DefaultBatchSampler):
+        """Batches in random order, the same for the same seed and epoch: length-grouped, from growing pools, without repeated texts, as asked."""
 
         def __init__(
-            self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None, generator: Any = None, seed: int = 0, no_duplicates: bool = False, tokenizer: Any = None
+            self,
+            dataset: Any,
+            batch_size: int,
+            drop_last: bool,
+            valid_label_columns: list[str] | None = None,
+            generator: Any = None,
+            seed: int = 0,
+            no_duplicates: bool = False,
+            tokenizer: Any = None,
+            group_by_length: bool = True,
+            growth: tuple[int, int, int, int] | None = None,
         ) -> None:
             super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns, generator=generator, seed=seed)
-            self.lengths = row_lengths(dataset, valid_label_columns, tokenizer)
+            self.n = len(dataset)
+            self.lengths = row_lengths(dataset, valid_label_columns, tokenizer) if group_by_length else None
             self.no_duplicates = no_duplicates
             skip = set(valid_label_columns or [])
             self._texts: Callable[[int], set[Any]] | None = None
             if no_duplicates:
                 columns = [dataset[c] for c in dataset.column_names if c not in skip]
                 self._texts = lambda i: {col[i] for col in columns}
+            self.pools: list[tuple[int, int]] = []
+            self.order = list(range(self.n))
+            if growth is not None:
+                first_step, factor, total_steps, order_seed = growth
+                self.pools = growth_pools(rows=self.n, total_steps=total_steps, first_step=first_step, factor=factor, batch_size=batch_size)
+                label = next((c for c in (valid_label_columns or []) if c in dataset.column_names), None)
+                self.order = growth_order(list(dataset[label]) if label else None, self.n, order_seed)
 
         def __len__(self) -> int:
-            n = len(self.lengths)
-            return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+            return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
         def __iter__(self) -> Iterator[list[int]]:
             g = torch.Generator()
             g.manual_seed(int(self.seed) + int(self.epoch))
-            order = torch.randperm(len(self.lengths), generator=g).tolist()
-            window = self.batch_size * WINDOW_BATCHES
-            batches: list[list[int]] = []
-            for start in range(0, len(order), window):
-                chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
-                batches += self._batches(chunk)
-            if self.drop_last:
-                batches = [b for b in batches if len(b) == self.batch_size]
-            for i in torch.randperm(len(batches), generator=g).tolist()[: len(self)]:
-                yield batches[i]
+            start = int(self.epoch) * len(self)  # the optimizer step of this epoch's first batch
+            for pool, count in self._segments(start, start + len(self)):
+                yield from self._draw(self.order[:pool], count, g)
+
+        def _segments(self, start: int, end: int) -> list[tuple[int, int]]:
+            """``(pool rows, batches)`` for the steps ``start..end`` of the run."""
+            out, step = [], start
+            for rung, pool in self.pools:
+                if step < min(rung, end):
+                    out.append((pool, min(rung, end) - step))
+                    step = min(rung, end)
+            if step < end:
+                out.append((self.n, end - step))
+            return out
+
+        def _draw(self, rows: list[int], count: int, g: Any) -> Iterator[list[int]]:
+            """``count`` batches from ``rows``: shuffled passes over them, each grouped and batched, the batches shuffled."""
+            while count > 0:
+                order = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
+                batches: list[list[int]] = []
+                if self.lengths is None:
+                    batches = self._batches(order)
+                else:
+                    window = self.batch_size * WINDOW_BATCHES
+                    for start in range(0, len(order), window):
+                        batches += self._batches(sorted(order[start : start + window], key=lambda i: -self.lengths[i]))  # type: ignore[index]
+                if self.drop_last and len(rows) >= self.batch_size:
+                    batches = [b for b in batches if len(b) == self.batch_size]
+                for i in torch.randperm(len(batches), generator=g).tolist()[:count]:
+                    yield batches[i]
+                count -= min(count, len(batches))
 
         def _batches(self, rows: list[int]) -> list[list[int]]:
             if self._texts is None:
@@ -119,4 +210,4 @@ def _length_grouped_class() -> type:
                 pending = later
             return out
 
-    return LengthGroupedBatchSampler
+    return EmbedftBatchSampler

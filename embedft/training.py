@@ -336,7 +336,8 @@ class Trainer:
                 from embedft.budget import budget_callback
 
                 stop = budget_callback(self._fit_start + run.budget.budget_seconds, bar, run.monitor.shown, self._fit_start)
-            trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, scratch, precision, device, in_batch, [*([stop] if stop else []), run.monitor, *self._callbacks])
+            callbacks = [*([stop] if stop else []), run.monitor, *self._callbacks]
+            trainer = _make_st_trainer(trained, train_ds, loss, evaluator, t_cfg, scratch, precision, device, in_batch, callbacks, data_seed=self.config.data.seed)
             t0 = time.perf_counter()
             with _non_finite_loss_guard(trainer.loss, t_cfg.learning_rate, t_cfg.loss_kwargs if self._loss is None else None):
                 output = trainer.train()
@@ -493,7 +494,9 @@ class Trainer:
         weights = {n: p.detach().to("cpu", copy=True) for n, p in trained.named_parameters() if p.requires_grad}
         steps = min(CALIBRATION_STEPS + 1, _planned_steps(t_cfg, _rows(train_ds)))
         with self.reporter.phase("time budget calibration", steps) as bar:
-            calibration = _make_st_trainer(trained, train_ds, loss, None, t_cfg.model_copy(update={"max_steps": steps}), scratch, precision, device, in_batch, [StepClock()])
+            calibration = _make_st_trainer(
+                trained, train_ds, loss, None, t_cfg.model_copy(update={"max_steps": steps}), scratch, precision, device, in_batch, [StepClock()], data_seed=self.config.data.seed
+            )
             started = time.perf_counter()
             calibration.train()
         with torch.no_grad():
@@ -901,7 +904,18 @@ def _make_monitor(evaluator: Any, task: Any, hooks: list[EvaluateHook], patience
 
 
 def _make_st_trainer(
-    model: Any, train_ds: Any, loss: Any, evaluator: Any, t_cfg: TrainingConfig, scratch: Path, precision: dict[str, Any], device: str, in_batch_negatives: bool, callbacks: list[Any]
+    model: Any,
+    train_ds: Any,
+    loss: Any,
+    evaluator: Any,
+    t_cfg: TrainingConfig,
+    scratch: Path,
+    precision: dict[str, Any],
+    device: str,
+    in_batch_negatives: bool,
+    callbacks: list[Any],
+    *,
+    data_seed: int = 0,
 ) -> Any:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -910,6 +924,7 @@ def _make_st_trainer(
 
     total = _planned_steps(t_cfg, _rows(train_ds))
     eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, _rows(train_ds))
+    growth = None if t_cfg.data_growth is None else (t_cfg.data_growth.first_step, t_cfg.data_growth.factor, total, data_seed)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(scratch),
         num_train_epochs=t_cfg.epochs,
@@ -931,7 +946,7 @@ def _make_st_trainer(
         disable_tqdm=True,  # steps go to the reporter (the monitor); the console is the CLI's
         use_cpu=device == "cpu",
         dataloader_pin_memory=device == "cuda",
-        batch_sampler=batch_sampler(group_by_length=t_cfg.group_by_length, no_duplicates=in_batch_negatives, tokenizer=getattr(model, "tokenizer", None)),
+        batch_sampler=batch_sampler(group_by_length=t_cfg.group_by_length, no_duplicates=in_batch_negatives, tokenizer=getattr(model, "tokenizer", None), growth=growth),
         multi_dataset_batch_sampler=t_cfg.multi_dataset_batch_sampler,
         **precision,
     )

@@ -1,6 +1,7 @@
 """What a trial pays besides its training steps: the base model copied from memory, the dev subsample
 the pruner sees, the cost breakdown; the study's names; warm starts; the Pareto front of a second objective."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -293,3 +294,141 @@ def test_the_cli_flags_reach_the_search(tiny_model_path, tmp_path, monkeypatch):
         cli.main(["--quiet", "search", str(path), "--warm-start", earlier.output_dir, "--dev-subsample", "50", "--second-objective", "latency"])
     got = seen["config"]
     assert got.warm_start == earlier.output_dir and got.dev_subsample == 50 and got.second_objective == "latency"
+    with pytest.raises(SystemExit):
+        cli.main(["--quiet", "search", str(path), "--grow-train-data", "--set", "pruner.type=successive_halving", "--set", "pruner.min_resource=2"])
+    got = seen["config"]
+    assert got.pruner.grow_train_data and got.trial_base().training.data_growth.first_step == 2
+    assert cli.main(["--quiet", "search", str(path), "--grow-train-data"]) == 2  # pruner none: no rungs to grow with
+
+
+# ---------------------------------------------------------------------- training data that grows with the rungs
+def sampler(rows, labels=None, *, growth=(2, 3, 20, 0), batch=10, seed=42, no_duplicates=False, group_by_length=False, drop_last=False, texts=None):
+    from datasets import Dataset
+
+    from embedft.sampling import batch_sampler
+
+    data = {"sentence1": texts or [f"q{i}" for i in range(rows)], "sentence2": [f"p{i}" for i in range(rows)]}
+    if labels is not None:
+        data["label"] = labels
+    make = batch_sampler(group_by_length=group_by_length, no_duplicates=no_duplicates, growth=growth)
+    return make(Dataset.from_dict(data), batch_size=batch, drop_last=drop_last, valid_label_columns=["label"], generator=None, seed=seed)
+
+
+def run_batches(s, epochs):
+    out = []
+    for epoch in range(epochs):
+        s.set_epoch(epoch)
+        out += list(s)
+    return out
+
+
+@pytest.mark.parametrize(("rows", "batch", "first", "factor", "epochs"), [(100, 10, 2, 3, 2), (97, 8, 1, 2, 1), (50, 4, 3, 3, 3), (1000, 32, 5, 4, 1)])
+def test_growing_pools_are_nested_stratified_and_each_batch_comes_from_its_rungs_pool(rows, batch, first, factor, epochs):
+    from embedft.sampling import growth_pools
+
+    labels = [int(i % 5 == 0) for i in range(rows)]  # 20 % positives
+    per_epoch = -(-rows // batch)
+    total = per_epoch * epochs
+    s = sampler(rows, labels, growth=(first, factor, total, 7), batch=batch)
+    pools = growth_pools(rows=rows, total_steps=total, first_step=first, factor=factor, batch_size=batch)
+    assert s.pools == pools and pools and all(a[1] <= b[1] for a, b in itertools.pairwise(pools))  # nested: pools only grow
+    rungs = [r for r, _ in pools]
+    assert rungs == [first * factor**k for k in range(len(rungs))] and rungs[-1] < total <= rungs[-1] * factor
+    batches = run_batches(s, epochs)
+    assert len(batches) == total and all(0 < len(b) <= batch for b in batches)
+    rank = {row: i for i, row in enumerate(s.order)}
+    for step, b in enumerate(batches):
+        pool = next((n for r, n in pools if step < r), rows)
+        assert max(rank[i] for i in b) < pool, f"step {step} drew outside its pool of {pool} rows"
+    for _, n in pools:  # every pool keeps the label balance of the whole split
+        share = sum(labels[i] for i in s.order[:n]) / n
+        assert abs(share - 0.2) <= 1 / n + 1e-9
+    after = [i for step, b in enumerate(batches) if step >= rungs[-1] for i in b]
+    assert max(rank[i] for i in after) >= pools[-1][1] or pools[-1][1] == rows  # all rows are drawn after the last rung
+
+
+def test_the_growth_order_depends_on_the_data_seed_only_and_batches_on_the_trial_seed():
+    labels = [int(i % 3 == 0) for i in range(60)]
+    a, b = sampler(60, labels, seed=1), sampler(60, labels, seed=2)
+    assert a.order == b.order  # the same pools in every trial of a search
+    assert run_batches(a, 1) == run_batches(sampler(60, labels, seed=1), 1)  # reproducible
+    assert run_batches(a, 1) != run_batches(b, 1)  # another trial seed, another draw from the same pools
+    assert sampler(60, labels, growth=(2, 3, 6, 1)).order != a.order
+
+
+def test_growing_pools_keep_texts_unique_in_a_batch_and_group_by_length():
+    texts = [f"question {i % 30} " + "word " * (i % 7) for i in range(90)]  # each text three times
+    s = sampler(90, None, no_duplicates=True, group_by_length=True, texts=texts, batch=8, growth=(2, 2, 12, 0))
+    batches = run_batches(s, 1)
+    assert len(batches) == 12
+    for b in batches:
+        assert len({texts[i] for i in b}) == len(b)
+
+
+def test_without_growth_the_sampler_is_the_length_grouped_one_as_before():
+    from embedft.sampling import batch_sampler
+
+    assert not callable(batch_sampler(group_by_length=False, no_duplicates=True))  # sentence-transformers' own
+    plain = sampler(64, None, growth=None, group_by_length=True, batch=8)
+    assert plain.pools == [] and sorted(i for b in run_batches(plain, 1) for i in b) == list(range(64))  # one pass over every row
+
+
+def test_grow_train_data_sets_the_trials_data_growth_and_is_refused_without_rungs(tiny_model_path, tmp_path, capsys):
+    from embedft.cli import main
+
+    cfg = search_config(tiny_model_path, tmp_path, pruner={"type": "successive_halving", "min_resource": 2, "reduction_factor": 2, "grow_train_data": True})
+    assert cfg.base.training.data_growth is None  # the search's base is the user's; trials get the rungs
+    assert cfg.trial_base().training.data_growth.model_dump() == {"first_step": 2, "factor": 2}
+    assert SearchConfig.from_dict(cfg.to_dict()).trial_base() == cfg.trial_base()  # round trip
+    hyper = search_config(tiny_model_path, tmp_path, pruner={"type": "hyperband", "grow_train_data": True})
+    assert hyper.trial_base().training.data_growth.first_step == 1
+    refusals = [
+        ({"pruner": {"type": "median", "grow_train_data": True}}, "pruner.grow_train_data"),
+        ({"pruner": {"type": "successive_halving", "grow_train_data": True}}, "pruner.min_resource"),
+        ({"pruner": {"type": "hyperband", "grow_train_data": True}, "second_objective": "dimension"}, "pruner.grow_train_data"),
+    ]
+    for update, field in refusals:
+        with pytest.raises(ConfigError) as err:
+            search_config(tiny_model_path, tmp_path, **update)
+        assert f"field: {field};" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({**base(tiny_model_path), "training": {"data_growth": {"first_step": 2}, "extra_losses": ["CoSENTLoss"]}})
+    assert "field: training.data_growth;" in str(err.value)
+    yaml_path = tmp_path / "grow.yaml"
+    cfg.model_copy(update={"pruner": cfg.pruner.model_copy(update={"type": "median"})}).save(yaml_path)
+    assert main(["search", str(yaml_path)]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("embedft: error:") and "grow_train_data" in err_lines[0]
+    assert not (tmp_path / "search").exists()  # refused before anything was written
+
+
+def test_a_grown_search_trains_on_the_pools_and_its_best_config_reproduces_the_trial(tiny_model_path, tmp_path):
+    from transformers import TrainerCallback
+
+    pruner = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2, "grow_train_data": True}
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=2, pruner=pruner, keep_best_model=False)
+    result = OptunaSearch(cfg).run()
+    best = RunConfig.from_file(result.best_config_path)
+    assert best.training.data_growth is not None and best.training.data_growth.first_step == 1
+    seen = []
+
+    class Batches(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen.append(train_dataloader.batch_sampler)
+
+    retrained = Trainer(best.model_copy(update={"output_dir": str(tmp_path / "again")}), callbacks=[Batches()]).fit()
+    assert seen and seen[0].pools == [(1, 16), (2, 32)]  # 64 pairs, 4 steps: pools of 1/4 and 2/4 of the rows
+    rows = json.loads(result.trials_json.read_text())
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] == result.best_value]
+    assert complete and retrained.after.dev_score == pytest.approx(result.best_value, abs=1e-5)
+    plain = Trainer(best.model_copy(update={"output_dir": str(tmp_path / "plain"), "training": best.training.model_copy(update={"data_growth": None})})).fit()
+    assert plain.after.dev_score != pytest.approx(retrained.after.dev_score, abs=1e-6)  # growing the data changed what was learnt
+
+
+def test_a_rerun_with_another_dev_subsample_is_refused(tiny_model_path, tmp_path):
+    cfg = search_config(tiny_model_path, tmp_path, n_trials=1, dev_subsample=20)
+    OptunaSearch(cfg, trial_fn=search_helpers.fake_scores).run()
+    with pytest.raises(ConfigError) as err:
+        OptunaSearch(cfg.model_copy(update={"dev_subsample": 30, "n_trials": 2}), trial_fn=search_helpers.fake_scores).run()
+    assert "field: dev_subsample;" in str(err.value) and "dev_subsample 20" in str(err.value)
+    assert OptunaSearch(cfg.model_copy(update={"n_trials": 2}), trial_fn=search_helpers.fake_scores).run().n_complete == 2

@@ -122,7 +122,14 @@ class PrunerConfig(StrictModel):
     ``percentile``-th percentile) of earlier trials at the same step, after ``n_startup_trials``
     trials and ``n_warmup_steps`` steps. ``successive_halving``/``hyperband`` keep the top
     1/``reduction_factor`` of trials at rungs of ``min_resource`` x ``reduction_factor``^k steps
-    (``min_resource`` null: chosen by Optuna).
+    (``min_resource`` null: chosen by Optuna, or 1 for hyperband).
+
+    ``grow_train_data`` (successive halving or hyperband, with ``min_resource`` set for successive
+    halving) also grows each trial's training data with the rungs: before rung ``r`` a trial draws
+    its batches from the first ``r / total steps`` of one fixed, label-stratified order of the
+    training rows, so every trial reaches a rung having trained on the same small pool and only
+    survivors see all of it. It sets the trials' ``training.data_growth``, which
+    ``best_config.yaml`` records.
     """
 
     type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
@@ -131,6 +138,7 @@ class PrunerConfig(StrictModel):
     percentile: float = Field(50.0, gt=0, lt=100)
     min_resource: int | None = Field(None, ge=1)
     reduction_factor: int = Field(3, ge=2)
+    grow_train_data: bool = False
 
 
 # Keys whose values come from a sampled parameter in another form.
@@ -278,7 +286,34 @@ class SearchConfig(ConfigBase):
                     raise ValueError(f"the grid sampler cannot search the float range {key!r}; use categorical choices")
         if self.executor == "inprocess" and self.workers > 1:
             raise ValueError("executor 'inprocess' runs one trial at a time; use executor 'process' for workers > 1")
+        if self.pruner.grow_train_data:
+            self.trial_base()  # refuses a pruner without rungs, or a base config that cannot grow its data, now
         return self
+
+    def trial_base(self) -> RunConfig:
+        """The base config every trial starts from: ``base``, with ``training.data_growth`` set to the pruner's
+        rungs when ``pruner.grow_train_data`` (and the base does not set its own)."""
+        p = self.pruner
+        if not p.grow_train_data or self.base.training.data_growth is not None:
+            return self.base
+        if p.type not in ("successive_halving", "hyperband") or self.second_objective is not None:
+            raise ConfigError(
+                "growing the training data with the rungs needs a pruner with rungs",
+                field="pruner.grow_train_data",
+                expected="pruner.type successive_halving or hyperband, and no second_objective (Optuna prunes single-objective studies only)",
+                found=f"pruner.type {p.type}" + (f", second_objective {self.second_objective}" if self.second_objective else ""),
+            )
+        first = p.min_resource or (1 if p.type == "hyperband" else None)
+        if first is None:
+            raise ConfigError(
+                "growing the training data needs the first rung",
+                field="pruner.min_resource",
+                expected="the steps of the first rung (for example training.eval_steps)",
+                found="null (chosen by Optuna during the search)",
+            )
+        data = self.base.to_dict()
+        data["training"]["data_growth"] = {"first_step": first, "factor": p.reduction_factor}
+        return validate_config(RunConfig, data, "pruner.grow_train_data")
 
     def save(self, path: str | Path, *, redact: bool = False) -> Path:
         """Write the config as YAML; ``redact`` masks a password in the storage URL (run-folder copies)."""

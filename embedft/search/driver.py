@@ -249,6 +249,7 @@ class OptunaSearch:
 
         heartbeat = store.heartbeat()
         last_check = time.monotonic()
+        trial_base = cfg.trial_base()
         self.progress.update(self._finished(study), cfg.n_trials, self.best(study))
         try:
             while True:
@@ -272,7 +273,7 @@ class OptunaSearch:
                         continue
                     try:
                         params = {k: p.suggest(trial, k) for k, p in cfg.space.items()}
-                        config = executor.trial(trial.number, params, resolve_params(cfg.base, params))
+                        config = executor.trial(trial.number, params, resolve_params(trial_base, params))
                         config = config.model_copy(
                             update={
                                 "reuse_base_model": cfg.reuse_base_model,
@@ -454,7 +455,7 @@ class OptunaSearch:
             result.pareto, result.pareto_csv = write_pareto(study, out, self.metric_names(), self.best(study))
         if (picked := self.best(study)) is not None:
             best = next(t for t in study.get_trials(deepcopy=False) if t.number == picked[0])
-            best_cfg = resolve_params(cfg.base, best.params).model_copy(update={"output_dir": str(out / "best-retrained"), "overwrite": False})
+            best_cfg = resolve_params(cfg.trial_base(), best.params).model_copy(update={"output_dir": str(out / "best-retrained"), "overwrite": False})
             result.best_number, result.best_value, result.best_params = best.number, picked[1], mask_values(dict(best.params))
             result.best_config_path = best_cfg.save(out / "best_config.yaml")
             if cfg.retrain_best:

@@ -406,8 +406,10 @@ def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: st
     """What defines a search's study: task, primary metric and direction, data, search space and base settings.
 
     Stored in the study (user attribute ``embedft_fingerprint``); a rerun on the same study
-    must match it. ``n_trials``, ``timeout``, ``workers``, the pruner, the storage and the
-    sampler may change between runs.
+    must match it, and so must ``dev_subsample`` (the pruner compares intermediate scores across
+    trials, so they must come from the same dev rows). ``n_trials``, ``timeout``, ``workers``, the
+    pruner, the storage and the sampler may change between runs; the training data growth a pruner
+    sets is a base setting (``training.data_growth``).
     """
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
 
@@ -424,7 +426,8 @@ def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: st
                 dist = CategoricalDistribution(p.choices)
         space[key] = json.loads(distribution_to_json(dist))
     direction = "maximize" if task.greater_is_better else "minimize"
-    found = {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
+    found: dict[str, Any] = {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
+    found["dev_subsample"] = config.dev_subsample  # the rows behind the intermediate scores the pruner compares
     if config.second_objective is not None:  # only then: a single-objective study's fingerprint is as before
         found["second_objective"] = config.second_objective
     return found
@@ -447,7 +450,7 @@ def _base_settings(config: SearchConfig) -> dict[str, Any]:
         else:
             flat[prefix] = value
 
-    data = config.base.to_dict()
+    data = config.trial_base().to_dict()
     data["training"]["loss"] = config.base.loss_name  # null means the task's default: the same loss
     walk("", {"model": data["model"], "training": data["training"]})
     walk("data.mine_hard_negatives", data["data"]["mine_hard_negatives"])
@@ -485,6 +488,8 @@ def check_fingerprint(study: optuna.Study, mine: dict[str, Any], where: str) -> 
     keys = sorted(k for k in set(theirs.get("space") or {}) | set(mine["space"]) if (theirs.get("space") or {}).get(k) != mine["space"].get(k))
     if keys:
         differ.append(("space", lambda fp: "space " + ", ".join(f"{k}={_describe_distribution((fp.get('space') or {}).get(k))}" for k in keys)))
+    if "dev_subsample" in theirs and theirs["dev_subsample"] != mine.get("dev_subsample"):  # older studies lack it: not compared
+        differ.append(("dev_subsample", lambda fp: f"dev_subsample {fp.get('dev_subsample')}"))
     if "base" in theirs:  # studies recorded before base settings were fingerprinted lack it: not compared
         base = sorted(k for k in set(theirs["base"]) | set(mine["base"]) if theirs["base"].get(k) != mine["base"].get(k))
         if base:
