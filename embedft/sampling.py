@@ -18,10 +18,11 @@ it supports); :func:`batch_sampler` gives that callable::
 Growing training data (``training.data_growth``, which a search with ``pruner.grow_train_data``
 sets to its rungs): before rung ``r`` (``first_step`` x ``factor``^k optimizer steps) batches
 are drawn only from the first ``ceil(rows x r / total_steps)`` rows of one fixed, label-stratified
-order, so a trial reaches its first rung after training on a small pool, survivors see more, and
-after the last rung below the run's end every row is drawn. The pools are nested and the same in
-every trial (the order depends on ``data.seed`` only): trials compared at a rung were trained on
-the same rows. :func:`growth_pools` gives the schedule::
+order (seeded by ``data.seed``), and after the last rung below the run's end from every row. A
+trial stopped at its first rung has trained on a small pool; pools are nested, and rows not drawn
+yet come first, so a run that reaches its end has drawn every row at least once. A pool is the
+run's share of the rows at its rung, so trials of the same length (batch size, epochs, training
+set) reach a rung with the same rows. :func:`growth_pools` gives the schedule::
 
     >>> growth_pools(rows=480, total_steps=30, first_step=3, factor=3, batch_size=16)
     [(3, 48), (9, 144), (27, 432)]
@@ -59,13 +60,14 @@ def row_lengths(dataset: Any, label_columns: list[str] | None = None, tokenizer:
     return [max((v if isinstance(v, int) else len(v) for v in row if isinstance(v, (int, str))), default=0) for row in zip(*columns, strict=True)]
 
 
-def batch_sampler(*, group_by_length: bool, no_duplicates: bool, tokenizer: Any = None, growth: tuple[int, int, int, int] | None = None) -> Any:
+def batch_sampler(*, group_by_length: bool, no_duplicates: bool, tokenizer: Any = None, growth: tuple[int, int, float, int | None, int] | None = None) -> Any:
     """The ``batch_sampler`` argument of ``SentenceTransformerTrainingArguments`` for these choices.
 
     Without ``group_by_length`` or ``growth`` it is sentence-transformers' own choice (``NO_DUPLICATES``
     for losses with in-batch negatives, else the default sampler); with either, embedft's sampler:
     length-grouped batches (lengths in ``tokenizer``'s tokens, else in characters) when asked, pools
-    that grow at the rungs when ``growth`` is ``(first_step, factor, total_steps, order_seed)``, and a
+    that grow at the rungs when ``growth`` is ``(first_step, factor, epochs, max_steps, order_seed)``
+    (the run's steps are ``max_steps``, else ``epochs`` x the sampler's batches per epoch), and a
     text kept out of a batch that already holds it when ``no_duplicates``.
     """
     from sentence_transformers.base.sampler import BatchSamplers
@@ -120,6 +122,9 @@ def _sampler_class() -> type:
     import torch
     from sentence_transformers.base.sampler import DefaultBatchSampler
 
+    def shuffled(rows: list[int], g: Any) -> list[int]:
+        return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
+
     class EmbedftBatchSampler(DefaultBatchSampler):
         """Batches in random order, the same for the same seed and epoch: length-grouped, from growing pools, without repeated texts, as asked."""
 
@@ -134,7 +139,7 @@ def _sampler_class() -> type:
             no_duplicates: bool = False,
             tokenizer: Any = None,
             group_by_length: bool = True,
-            growth: tuple[int, int, int, int] | None = None,
+            growth: tuple[int, int, float, int | None, int] | None = None,
         ) -> None:
             super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns, generator=generator, seed=seed)
             self.n = len(dataset)
@@ -143,13 +148,16 @@ def _sampler_class() -> type:
             skip = set(valid_label_columns or [])
             self._texts: Callable[[int], set[Any]] | None = None
             if no_duplicates:
-                columns = [dataset[c] for c in dataset.column_names if c not in skip]
+                columns = [list(dataset[c]) for c in dataset.column_names if c not in skip]  # lists: a dataset column is slow to index row by row
                 self._texts = lambda i: {col[i] for col in columns}
             self.pools: list[tuple[int, int]] = []
             self.order = list(range(self.n))
+            self.total_steps = 0
+            self._plan: list[list[int]] | None = None
             if growth is not None:
-                first_step, factor, total_steps, order_seed = growth
-                self.pools = growth_pools(rows=self.n, total_steps=total_steps, first_step=first_step, factor=factor, batch_size=batch_size)
+                first_step, factor, epochs, max_steps, order_seed = growth
+                self.total_steps = max_steps or math.ceil(epochs * len(self))  # the trainer's own count: batches per epoch x epochs
+                self.pools = growth_pools(rows=self.n, total_steps=self.total_steps, first_step=first_step, factor=factor, batch_size=batch_size)
                 label = next((c for c in (valid_label_columns or []) if c in dataset.column_names), None)
                 self.order = growth_order(list(dataset[label]) if label else None, self.n, order_seed)
 
@@ -159,37 +167,69 @@ def _sampler_class() -> type:
         def __iter__(self) -> Iterator[list[int]]:
             g = torch.Generator()
             g.manual_seed(int(self.seed) + int(self.epoch))
+            if not self.pools:  # one shuffled pass over every row per epoch
+                yield from self._pass(list(range(self.n)), g)[: len(self)]
+                return
+            if self._plan is None:
+                self._plan = self._grown_plan()
             start = int(self.epoch) * len(self)  # the optimizer step of this epoch's first batch
-            for pool, count in self._segments(start, start + len(self)):
-                yield from self._draw(self.order[:pool], count, g)
+            yield from self._plan[start : start + len(self)] if start < len(self._plan) else self._pass(list(range(self.n)), g)[: len(self)]
 
-        def _segments(self, start: int, end: int) -> list[tuple[int, int]]:
-            """``(pool rows, batches)`` for the steps ``start..end`` of the run."""
-            out, step = [], start
+        def _grown_plan(self) -> list[list[int]]:
+            """Every batch of the run, epoch after epoch: before each rung from its pool, then from every row.
+
+            Rows not drawn yet come first, so a run that reaches its end has drawn every row at
+            least once (the steps after the last rung outnumber the rows outside its pool).
+            """
+            g = torch.Generator()
+            g.manual_seed(int(self.seed))
+            drawn = [False] * self.n
+            plan: list[list[int]] = []
+            whole = max(1, math.ceil(self.total_steps / max(1, len(self)))) * len(self)  # the last epoch in full (the trainer stops at total_steps)
+            for pool, count in [*self._segments(self.total_steps), *([(self.n, whole - self.total_steps)] if whole > self.total_steps else [])]:
+                rows = self.order[:pool]
+                while count > 0:
+                    fresh, stale = [r for r in rows if not drawn[r]], [r for r in rows if drawn[r]]
+                    batches = [*self._batched(shuffled(fresh, g), g), *self._batched(shuffled(stale, g), g)][:count]  # fresh rows' batches first
+                    if not batches:  # nothing fits a batch (drop_last with too few distinct texts)
+                        break
+                    for batch in batches:
+                        for r in batch:
+                            drawn[r] = True
+                    plan += shuffled(batches, g)  # type: ignore[arg-type]
+                    count -= len(batches)
+            return plan
+
+        def _segments(self, steps: int) -> list[tuple[int, int]]:
+            """``(pool rows, batches)`` for the steps ``0..steps`` of the run."""
+            out, step = [], 0
             for rung, pool in self.pools:
-                if step < min(rung, end):
-                    out.append((pool, min(rung, end) - step))
-                    step = min(rung, end)
-            if step < end:
-                out.append((self.n, end - step))
+                if step < min(rung, steps):
+                    out.append((pool, min(rung, steps) - step))
+                    step = min(rung, steps)
+            if step < steps:
+                out.append((self.n, steps - step))
             return out
 
-        def _draw(self, rows: list[int], count: int, g: Any) -> Iterator[list[int]]:
-            """``count`` batches from ``rows``: shuffled passes over them, each grouped and batched, the batches shuffled."""
-            while count > 0:
-                order = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
-                batches: list[list[int]] = []
-                if self.lengths is None:
-                    batches = self._batches(order)
-                else:
-                    window = self.batch_size * WINDOW_BATCHES
-                    for start in range(0, len(order), window):
-                        batches += self._batches(sorted(order[start : start + window], key=lambda i: -self.lengths[i]))  # type: ignore[index]
-                if self.drop_last and len(rows) >= self.batch_size:
-                    batches = [b for b in batches if len(b) == self.batch_size]
-                for i in torch.randperm(len(batches), generator=g).tolist()[:count]:
-                    yield batches[i]
-                count -= min(count, len(batches))
+        def _pass(self, rows: list[int], g: Any) -> list[list[int]]:
+            """One shuffled pass over ``rows`` as batches, in random order."""
+            batches = self._batched(shuffled(rows, g), g=None)
+            return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+        def _batched(self, order: list[int], g: Any) -> list[list[int]]:
+            """``order`` cut into batches, a window of ``WINDOW_BATCHES`` batches at a time (sorted by length within it
+            when grouping); with ``g``, each window's batches shuffled, windows kept in order."""
+            window = self.batch_size * WINDOW_BATCHES
+            batches: list[list[int]] = []
+            for start in range(0, len(order), window):
+                chunk = order[start : start + window]
+                if self.lengths is not None:
+                    chunk = sorted(chunk, key=lambda i: -self.lengths[i])  # type: ignore[index]
+                made = self._batches(chunk)
+                batches += made if g is None else shuffled(made, g)  # type: ignore[arg-type]
+            if self.drop_last:
+                batches = [b for b in batches if len(b) == self.batch_size]
+            return batches
 
         def _batches(self, rows: list[int]) -> list[list[int]]:
             if self._texts is None:

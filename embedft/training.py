@@ -924,7 +924,7 @@ def _make_st_trainer(
 
     total = _planned_steps(t_cfg, _rows(train_ds))
     eval_steps = t_cfg.eval_steps or _steps_per_epoch(t_cfg, _rows(train_ds))
-    growth = None if t_cfg.data_growth is None else (t_cfg.data_growth.first_step, t_cfg.data_growth.factor, total, data_seed)
+    growth = None if t_cfg.data_growth is None else (t_cfg.data_growth.first_step, t_cfg.data_growth.factor, t_cfg.epochs, t_cfg.max_steps, data_seed)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(scratch),
         num_train_epochs=t_cfg.epochs,

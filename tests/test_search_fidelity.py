@@ -302,75 +302,105 @@ def test_the_cli_flags_reach_the_search(tiny_model_path, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- training data that grows with the rungs
-def sampler(rows, labels=None, *, growth=(2, 3, 20, 0), batch=10, seed=42, no_duplicates=False, group_by_length=False, drop_last=False, texts=None):
+def sampler(rows, labels=None, *, growth=(2, 3, 1.0, 20, 0), batch=10, seed=42, no_duplicates=False, group_by_length=False, drop_last=False, texts=None):
+    """embedft's batch sampler on a made-up dataset; ``growth`` is (first_step, factor, epochs, max_steps, order seed)."""
     from datasets import Dataset
 
     from embedft.sampling import batch_sampler
 
-    data = {"sentence1": texts or [f"q{i}" for i in range(rows)], "sentence2": [f"p{i}" for i in range(rows)]}
+    data = {"sentence1": texts or [f"q{i} " + "word " * (i % 9) for i in range(rows)], "sentence2": [f"p{i}" for i in range(rows)]}
     if labels is not None:
         data["label"] = labels
     make = batch_sampler(group_by_length=group_by_length, no_duplicates=no_duplicates, growth=growth)
     return make(Dataset.from_dict(data), batch_size=batch, drop_last=drop_last, valid_label_columns=["label"], generator=None, seed=seed)
 
 
-def run_batches(s, epochs):
+def run_batches(s, epochs=None):
+    """The batches the trainer draws: epoch after epoch, up to the run's steps (all of one epoch without growth)."""
     out = []
-    for epoch in range(epochs):
+    for epoch in range(epochs or -(-s.total_steps // len(s))):
         s.set_epoch(epoch)
-        out += list(s)
-    return out
+        got = list(s)
+        assert len(got) == len(s)  # every epoch as long as the sampler says
+        out += got
+    return out[: s.total_steps] if s.pools else out
 
 
-@pytest.mark.parametrize(("rows", "batch", "first", "factor", "epochs"), [(100, 10, 2, 3, 2), (97, 8, 1, 2, 1), (50, 4, 3, 3, 3), (1000, 32, 5, 4, 1)])
-def test_growing_pools_are_nested_stratified_and_each_batch_comes_from_its_rungs_pool(rows, batch, first, factor, epochs):
+GROWTH_CASES = [  # rows, batch, first rung, factor, epochs, max_steps, length-grouped, no duplicates
+    (100, 10, 2, 3, 2.0, None, False, False),
+    (97, 8, 1, 2, 1.0, None, True, False),
+    (97, 8, 1, 2, 1.5, None, False, True),
+    (50, 4, 3, 3, 3.0, None, True, True),
+    (60, 7, 2, 2, 1.0, 25, False, False),
+    (1000, 32, 5, 4, 1.0, None, True, False),
+]
+
+
+@pytest.mark.parametrize(("rows", "batch", "first", "factor", "epochs", "max_steps", "grouped", "unique"), GROWTH_CASES)
+def test_growing_pools_are_nested_stratified_and_a_full_run_draws_every_row(rows, batch, first, factor, epochs, max_steps, grouped, unique):
+    import math
+
     from embedft.sampling import growth_pools
 
     labels = [int(i % 5 == 0) for i in range(rows)]  # 20 % positives
-    per_epoch = -(-rows // batch)
-    total = per_epoch * epochs
-    s = sampler(rows, labels, growth=(first, factor, total, 7), batch=batch)
+    total = max_steps or math.ceil(epochs * -(-rows // batch))
+    s = sampler(rows, labels, growth=(first, factor, epochs, max_steps, 7), batch=batch, group_by_length=grouped, no_duplicates=unique)
     pools = growth_pools(rows=rows, total_steps=total, first_step=first, factor=factor, batch_size=batch)
-    assert s.pools == pools and pools and all(a[1] <= b[1] for a, b in itertools.pairwise(pools))  # nested: pools only grow
+    assert s.total_steps == total and s.pools == pools and pools
+    assert all(a[1] <= b[1] for a, b in itertools.pairwise(pools))  # nested: pools only grow
     rungs = [r for r, _ in pools]
     assert rungs == [first * factor**k for k in range(len(rungs))] and rungs[-1] < total <= rungs[-1] * factor
-    batches = run_batches(s, epochs)
+    batches = run_batches(s)
     assert len(batches) == total and all(0 < len(b) <= batch for b in batches)
     rank = {row: i for i, row in enumerate(s.order)}
     for step, b in enumerate(batches):
         pool = next((n for r, n in pools if step < r), rows)
         assert max(rank[i] for i in b) < pool, f"step {step} drew outside its pool of {pool} rows"
     for _, n in pools:  # every pool keeps the label balance of the whole split
-        share = sum(labels[i] for i in s.order[:n]) / n
-        assert abs(share - 0.2) <= 1 / n + 1e-9
-    after = [i for step, b in enumerate(batches) if step >= rungs[-1] for i in b]
-    assert max(rank[i] for i in after) >= pools[-1][1] or pools[-1][1] == rows  # all rows are drawn after the last rung
+        assert abs(sum(labels[i] for i in s.order[:n]) / n - 0.2) <= 1 / n + 1e-9
+    assert {i for b in batches for i in b} == set(range(rows))  # the survivors' run sees every row
+    assert batches[: rungs[0]] == run_batches(sampler(rows, labels, growth=(first, factor, epochs, max_steps, 7), batch=batch, group_by_length=grouped, no_duplicates=unique))[: rungs[0]]
 
 
-def test_the_growth_order_depends_on_the_data_seed_only_and_batches_on_the_trial_seed():
+def test_the_growth_order_comes_from_the_data_and_its_seed_and_batches_from_the_trial_seed():
     labels = [int(i % 3 == 0) for i in range(60)]
     a, b = sampler(60, labels, seed=1), sampler(60, labels, seed=2)
-    assert a.order == b.order  # the same pools in every trial of a search
-    assert run_batches(a, 1) == run_batches(sampler(60, labels, seed=1), 1)  # reproducible
-    assert run_batches(a, 1) != run_batches(b, 1)  # another trial seed, another draw from the same pools
-    assert sampler(60, labels, growth=(2, 3, 6, 1)).order != a.order
+    assert a.order == b.order  # trials on the same training set share the order (data.seed), whatever their own seed
+    assert run_batches(a) != run_batches(b)  # ... and draw their batches from it with their own seed
+    assert sampler(60, labels, growth=(2, 3, 1.0, 20, 1)).order != a.order  # another data.seed, another order
 
 
-def test_growing_pools_keep_texts_unique_in_a_batch_and_group_by_length():
+def test_growing_pools_keep_texts_unique_in_a_batch_and_never_hang():
+    import time
+
     texts = [f"question {i % 30} " + "word " * (i % 7) for i in range(90)]  # each text three times
-    s = sampler(90, None, no_duplicates=True, group_by_length=True, texts=texts, batch=8, growth=(2, 2, 12, 0))
-    batches = run_batches(s, 1)
-    assert len(batches) == 12
-    for b in batches:
-        assert len({texts[i] for i in b}) == len(b)
+    s = sampler(90, None, no_duplicates=True, group_by_length=True, texts=texts, batch=8, growth=(2, 2, 1.0, None, 0))
+    batches = run_batches(s)
+    assert len(batches) == 12 and all(len({texts[i] for i in b}) == len(b) for b in batches)
+    t0 = time.perf_counter()  # three distinct texts cannot fill a batch of 8: drop_last leaves nothing, and the sampler says so by ending
+    for growth in (None, (1, 2, 1.0, None, 0)):
+        assert list(sampler(42, None, texts=["x", "y", "z"] * 14, no_duplicates=True, group_by_length=True, batch=8, drop_last=True, growth=growth)) == []
+    assert time.perf_counter() - t0 < 30
 
 
-def test_without_growth_the_sampler_is_the_length_grouped_one_as_before():
-    from embedft.sampling import batch_sampler
+def test_without_growth_the_length_grouped_sampler_draws_as_before():
+    """One shuffled pass per epoch: rows sorted by length within windows of 50 batches, the batches shuffled (the sampler of issue 16)."""
+    import torch
+
+    from embedft.sampling import WINDOW_BATCHES, batch_sampler
 
     assert not callable(batch_sampler(group_by_length=False, no_duplicates=True))  # sentence-transformers' own
-    plain = sampler(64, None, growth=None, group_by_length=True, batch=8)
-    assert plain.pools == [] and sorted(i for b in run_batches(plain, 1) for i in b) == list(range(64))  # one pass over every row
+    plain = sampler(900, None, growth=None, group_by_length=True, batch=8, seed=3)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        g = torch.Generator()
+        g.manual_seed(3 + epoch)
+        order = torch.randperm(900, generator=g).tolist()
+        expected = []
+        for start in range(0, 900, 8 * WINDOW_BATCHES):
+            chunk = sorted(order[start : start + 8 * WINDOW_BATCHES], key=lambda i: -plain.lengths[i])
+            expected += [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
+        assert list(plain) == [expected[i] for i in torch.randperm(len(expected), generator=g).tolist()]
 
 
 def test_grow_train_data_sets_the_trials_data_growth_and_is_refused_without_rungs(tiny_model_path, tmp_path, capsys):
@@ -386,11 +416,13 @@ def test_grow_train_data_sets_the_trials_data_growth_and_is_refused_without_rung
         ({"pruner": {"type": "median", "grow_train_data": True}}, "pruner.grow_train_data"),
         ({"pruner": {"type": "successive_halving", "grow_train_data": True}}, "pruner.min_resource"),
         ({"pruner": {"type": "hyperband", "grow_train_data": True}, "second_objective": "dimension"}, "pruner.grow_train_data"),
+        ({"pruner": {"type": "hyperband", "grow_train_data": True}, "base": {**base(tiny_model_path, data_growth={"first_step": 4})}}, "pruner.grow_train_data"),
+        ({"pruner": {"type": "hyperband", "grow_train_data": True}, "base": {**base(tiny_model_path, extra_losses=["MultipleNegativesRankingLoss"])}}, "pruner.grow_train_data"),
     ]
     for update, field in refusals:
         with pytest.raises(ConfigError) as err:
             search_config(tiny_model_path, tmp_path, **update)
-        assert f"field: {field};" in str(err.value)
+        assert f"field: {field};" in str(err.value) and str(err.value).count("invalid config") <= 1
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict({**base(tiny_model_path), "training": {"data_growth": {"first_step": 2}, "extra_losses": ["CoSENTLoss"]}})
     assert "field: training.data_growth;" in str(err.value)
@@ -432,3 +464,10 @@ def test_a_rerun_with_another_dev_subsample_is_refused(tiny_model_path, tmp_path
         OptunaSearch(cfg.model_copy(update={"dev_subsample": 30, "n_trials": 2}), trial_fn=search_helpers.fake_scores).run()
     assert "field: dev_subsample;" in str(err.value) and "dev_subsample 20" in str(err.value)
     assert OptunaSearch(cfg.model_copy(update={"n_trials": 2}), trial_fn=search_helpers.fake_scores).run().n_complete == 2
+    whole = search_config(tiny_model_path, tmp_path, n_trials=1, dev_subsample=100_000, output_dir=str(tmp_path / "whole"))
+    OptunaSearch(whole, trial_fn=search_helpers.fake_scores).run()
+    more = OptunaSearch(whole.model_copy(update={"dev_subsample": None, "n_trials": 2}), trial_fn=search_helpers.fake_scores)
+    assert more.run().n_complete == 2  # a subsample larger than dev is all of dev: the same intermediate scores
+    study = more.load_study()  # a study recorded before the subsample was part of the fingerprint: not compared
+    study.set_user_attr("embedft_fingerprint", {k: v for k, v in study.user_attrs["embedft_fingerprint"].items() if k != "dev_subsample"})
+    assert OptunaSearch(whole.model_copy(update={"dev_subsample": 10, "n_trials": 3}), trial_fn=search_helpers.fake_scores).run().n_complete == 3

@@ -292,10 +292,24 @@ class SearchConfig(ConfigBase):
 
     def trial_base(self) -> RunConfig:
         """The base config every trial starts from: ``base``, with ``training.data_growth`` set to the pruner's
-        rungs when ``pruner.grow_train_data`` (and the base does not set its own)."""
+        rungs when ``pruner.grow_train_data``."""
         p = self.pruner
-        if not p.grow_train_data or self.base.training.data_growth is not None:
+        if not p.grow_train_data:
             return self.base
+        if self.base.training.data_growth is not None:
+            raise ConfigError(
+                "the training data growth is set twice",
+                field="pruner.grow_train_data",
+                expected="either pruner.grow_train_data (the pruner's rungs) or base.training.data_growth",
+                found=f"both (base first_step {self.base.training.data_growth.first_step})",
+            )
+        if self.base.training.extra_losses:
+            raise ConfigError(
+                "growing the training data needs one training dataset",
+                field="pruner.grow_train_data",
+                expected="base.training.extra_losses: [] with grow_train_data",
+                found=f"extra_losses {self.base.training.extra_losses}",
+            )
         if p.type not in ("successive_halving", "hyperband") or self.second_objective is not None:
             raise ConfigError(
                 "growing the training data with the rungs needs a pruner with rungs",

@@ -163,9 +163,9 @@ class OptunaSearch:
         """``(number, dev value)`` of the best trial (with a second objective, the recommended one of the Pareto front)."""
         return best_of(study, self.config.pareto_tolerance)
 
-    def study_fingerprint(self, data_fingerprint: str) -> dict[str, Any]:
+    def study_fingerprint(self, data_fingerprint: str, dev_rows: int | None = None) -> dict[str, Any]:
         """What defines this search's study (see :func:`embedft.search.study.study_fingerprint`)."""
-        return study_fingerprint(self.config, self.task, data_fingerprint)
+        return study_fingerprint(self.config, self.task, data_fingerprint, dev_rows)
 
     def run(self) -> SearchResult:
         """Run (or resume) the search until the study holds ``n_trials`` completed or pruned trials.
@@ -187,7 +187,7 @@ class OptunaSearch:
         data_cfg = cfg.base.data.model_copy(update={"max_train_pairs": None}) if "data.max_train_pairs" in cfg.space else cfg.base.data  # trials cut their own
         built = DatasetBuilder(data_cfg, task=self.task.name).build()  # cheap (no model): its fingerprint is part of the study's
         study = self.load_study()
-        check_fingerprint(study, self.study_fingerprint(built.report.fingerprint), f"{cfg.study_name!r} in {self.study_storage.display_url()}")
+        check_fingerprint(study, self.study_fingerprint(built.report.fingerprint, len(built.dev)), f"{cfg.study_name!r} in {self.study_storage.display_url()}")
         if study.metric_names != self.metric_names():
             with warnings.catch_warnings():  # experimental in Optuna since 3.2
                 warnings.simplefilter("ignore")

@@ -402,14 +402,15 @@ def recommend(study: optuna.Study, tolerance: float) -> FrozenTrial | None:
 _NEUTRAL_BASE = ("output_dir", "overwrite", "training.progress", "training.device", "training.eval_batch_size")
 
 
-def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: str) -> dict[str, Any]:
+def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: str, dev_rows: int | None = None) -> dict[str, Any]:
     """What defines a search's study: task, primary metric and direction, data, search space and base settings.
 
     Stored in the study (user attribute ``embedft_fingerprint``); a rerun on the same study
-    must match it, and so must ``dev_subsample`` (the pruner compares intermediate scores across
-    trials, so they must come from the same dev rows). ``n_trials``, ``timeout``, ``workers``, the
-    pruner, the storage and the sampler may change between runs; the training data growth a pruner
-    sets is a base setting (``training.data_growth``).
+    must match it, and so must the dev subsample of a single-objective study (the intermediate scores
+    a pruner compares across trials must come from the same dev rows; a subsample of ``dev_rows`` or
+    more is all of dev, recorded as null). ``n_trials``, ``timeout``, ``workers``, the pruner, the
+    storage and the sampler may change between runs, except the rungs of a pruner that grows the
+    training data (``pruner.grow_train_data``: they set the trials' ``training.data_growth``).
     """
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
 
@@ -427,7 +428,8 @@ def study_fingerprint(config: SearchConfig, task: TaskSpec, data_fingerprint: st
         space[key] = json.loads(distribution_to_json(dist))
     direction = "maximize" if task.greater_is_better else "minimize"
     found: dict[str, Any] = {"task": task.name, "metric": task.primary_metric, "direction": direction, "data": data_fingerprint, "space": space, "base": _base_settings(config)}
-    found["dev_subsample"] = config.dev_subsample  # the rows behind the intermediate scores the pruner compares
+    subsample = config.dev_subsample if config.second_objective is None else None  # a multi-objective study keeps no intermediate scores
+    found["dev_subsample"] = None if subsample is None or (dev_rows is not None and subsample >= dev_rows) else subsample
     if config.second_objective is not None:  # only then: a single-objective study's fingerprint is as before
         found["second_objective"] = config.second_objective
     return found
@@ -489,7 +491,7 @@ def check_fingerprint(study: optuna.Study, mine: dict[str, Any], where: str) -> 
     if keys:
         differ.append(("space", lambda fp: "space " + ", ".join(f"{k}={_describe_distribution((fp.get('space') or {}).get(k))}" for k in keys)))
     if "dev_subsample" in theirs and theirs["dev_subsample"] != mine.get("dev_subsample"):  # older studies lack it: not compared
-        differ.append(("dev_subsample", lambda fp: f"dev_subsample {fp.get('dev_subsample')}"))
+        differ.append(("dev_subsample", lambda fp: f"dev_subsample {fp.get('dev_subsample') or 'null (all of dev)'}"))
     if "base" in theirs:  # studies recorded before base settings were fingerprinted lack it: not compared
         base = sorted(k for k in set(theirs["base"]) | set(mine["base"]) if theirs["base"].get(k) != mine["base"].get(k))
         if base:
@@ -500,7 +502,7 @@ def check_fingerprint(study: optuna.Study, mine: dict[str, Any], where: str) -> 
             field=", ".join(name for name, _ in differ),
             expected=" / ".join(show(theirs) for _, show in differ),
             found=" / ".join(show(mine) for _, show in differ),
-            hint="Rerun it with the same task, data, space and base settings, or start a new study: set another study_name or output_dir",
+            hint="Rerun it with the same task, data, space, base settings and dev_subsample, or start a new study: set another study_name or output_dir",
         )
 
 
