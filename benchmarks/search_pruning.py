@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--startup", type=int, default=2, help="trials a median/percentile pruner never prunes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-grown", action="store_true", help="leave out the arm whose training data grows with the rungs")
+    parser.add_argument("--arms", default="before,unpruned,pruned,grown", help="the arms to run, comma-separated (unpruned is always run: the others are compared with it)")
     args = parser.parse_args()
     args.before_trials = args.trials if args.before_trials is None else args.before_trials
 
@@ -131,7 +132,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = quora_subset(args.pairs, Path(tmp) / "quora_subset.tsv", seed=args.seed)
         run_arm(source, Path(tmp), args, "warm-up")  # imports and the page cache, for no arm's account
+        wanted = {a.strip() for a in args.arms.split(",")} | {"unpruned"}
         names = ["before"] * bool(args.before_trials) + ["unpruned", "pruned"] + ["grown"] * (not args.no_grown and args.pruner in ("successive_halving", "hyperband"))
+        names = [n for n in names if n in wanted]
         arms = {name: run_arm(source, Path(tmp), args, name) for name in names}
 
     print(
@@ -145,7 +148,7 @@ def main() -> None:
         unpruned = f"{a['value']:.4f}" if a["value"] is not None else a["state"]
         cells = []
         for n in pruned_arms:
-            b = arms[n]["rows"][i]
+            b = arms[n]["rows"][i] if i < len(arms[n]["rows"]) else {"state": "-", "value": None, "train_steps": 0}
             state = b["state"] if b["state"] != "COMPLETE" else f"{b['value']:.4f}"
             cells.append(f" {state:>9} ({b['train_steps'] or 0:>2} st)")
         print(f"{a['number']:>5} {params.replace('param:', ''):<60} {unpruned:>10}" + "".join(cells))
@@ -168,6 +171,7 @@ def main() -> None:
         fb, fa = mean(before, fixed), mean(after, fixed)
         print(f"per-trial fixed cost (seconds besides training steps), same {n} parameter sets: before {fb:.2f}s, after {fa:.2f}s, after/before {fa / fb:.3f} (goal <= 0.5)")
         print(f"  load {mean(before, 'load_seconds'):.2f}s -> {mean(after, 'load_seconds'):.2f}s; evaluate {mean(before, 'eval_seconds'):.2f}s -> {mean(after, 'eval_seconds'):.2f}s")
+    if "before" in arms and "pruned" in arms:
         old = arms["pruned"]["compute"] / arms["before"]["compute"] * n / args.trials if args.before_trials != args.trials else arms["pruned"]["compute"] / arms["before"]["compute"]
         print(f"compute ratio pruned (after) / unpruned (before){' (before scaled to ' + str(args.trials) + ' trials)' if n != args.trials else ''}: {old:.3f}")
     tok = mean(arms["unpruned"]["rows"], "tokenise_seconds") / mean(arms["unpruned"]["rows"], "seconds")
