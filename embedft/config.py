@@ -251,8 +251,8 @@ class DataGrowth(_Section):
     """Training data that grows with the optimizer steps (:mod:`embedft.sampling`).
 
     Before rung ``first_step`` x ``factor``^k, batches come from the first
-    ``ceil(rows x rung / total steps)`` rows of one fixed, label-stratified order (the same in
-    every run with the same ``data.seed``); after the last rung below the end, from every row.
+    ``ceil(rows x rung / total steps)`` rows of one fixed, label-stratified order (seeded by
+    ``data.seed``); after the last rung below the end, from every row, those not drawn yet first.
     A search with ``pruner.grow_train_data`` sets it to its pruner's rungs: small data early, all
     of it for the trials that survive.
     """

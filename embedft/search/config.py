@@ -127,9 +127,9 @@ class PrunerConfig(StrictModel):
     ``grow_train_data`` (successive halving or hyperband, with ``min_resource`` set for successive
     halving) also grows each trial's training data with the rungs: before rung ``r`` a trial draws
     its batches from the first ``r / total steps`` of one fixed, label-stratified order of the
-    training rows, so every trial reaches a rung having trained on the same small pool and only
-    survivors see all of it. It sets the trials' ``training.data_growth``, which
-    ``best_config.yaml`` records.
+    training rows, so a trial pruned early has trained on a small pool and one that runs to its end
+    has drawn every row. It sets the trials' ``training.data_growth``, which ``best_config.yaml``
+    records.
     """
 
     type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
