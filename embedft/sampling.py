@@ -20,7 +20,8 @@ sets to its rungs): before rung ``r`` (``first_step`` x ``factor``^k optimizer s
 are drawn only from the first ``ceil(rows x r / total_steps)`` rows of one fixed, label-stratified
 order (seeded by ``data.seed``), and after the last rung below the run's end from every row. A
 trial stopped at its first rung has trained on a small pool; pools are nested, and rows not drawn
-yet come first, so a run that reaches its end has drawn every row at least once. A pool is the
+yet come first, so a run of at least one epoch draws every row at least once (when its batches
+are full: no-duplicate packing over repeated texts leaves part-filled batches). A pool is the
 run's share of the rows at its rung, so trials of the same length (batch size, epochs, training
 set) reach a rung with the same rows. :func:`growth_pools` gives the schedule::
 
@@ -178,8 +179,9 @@ def _sampler_class() -> type:
         def _grown_plan(self) -> list[list[int]]:
             """Every batch of the run, epoch after epoch: before each rung from its pool, then from every row.
 
-            Rows not drawn yet come first, so a run that reaches its end has drawn every row at
-            least once (the steps after the last rung outnumber the rows outside its pool).
+            Rows not drawn yet come first (and first within each length-sorted window), so a run
+            of at least one epoch draws every row at least once when its batches are full; the
+            part-filled batches of no-duplicate packing over repeated texts can leave a few out.
             """
             g = torch.Generator()
             g.manual_seed(int(self.seed))
@@ -189,9 +191,10 @@ def _sampler_class() -> type:
             for pool, count in [*self._segments(self.total_steps), *([(self.n, whole - self.total_steps)] if whole > self.total_steps else [])]:
                 rows = self.order[:pool]
                 while count > 0:
-                    fresh, stale = [r for r in rows if not drawn[r]], [r for r in rows if drawn[r]]
-                    batches = [*self._batched(shuffled(fresh, g), g), *self._batched(shuffled(stale, g), g)][:count]  # fresh rows' batches first
-                    if not batches:  # nothing fits a batch (drop_last with too few distinct texts)
+                    queue = shuffled([r for r in rows if not drawn[r]], g) + shuffled([r for r in rows if drawn[r]], g)
+                    # the batches of the rows not drawn yet first; part-filled ones kept when drop_last would leave none
+                    batches = self._batched(queue, None, stale=drawn)[:count] or self._batched(queue, None, stale=drawn, keep_partial=True)[:count]
+                    if not batches:  # no rows at all
                         break
                     for batch in batches:
                         for r in batch:
@@ -216,18 +219,18 @@ def _sampler_class() -> type:
             batches = self._batched(shuffled(rows, g), g=None)
             return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
-        def _batched(self, order: list[int], g: Any) -> list[list[int]]:
-            """``order`` cut into batches, a window of ``WINDOW_BATCHES`` batches at a time (sorted by length within it
-            when grouping); with ``g``, each window's batches shuffled, windows kept in order."""
+        def _batched(self, order: list[int], g: Any, stale: list[bool] | None = None, keep_partial: bool = False) -> list[list[int]]:
+            """``order`` cut into batches, a window of ``WINDOW_BATCHES`` batches at a time, sorted by length within it
+            when grouping (the rows ``stale`` marks after the others); with ``g``, each window's batches shuffled."""
             window = self.batch_size * WINDOW_BATCHES
             batches: list[list[int]] = []
             for start in range(0, len(order), window):
                 chunk = order[start : start + window]
                 if self.lengths is not None:
-                    chunk = sorted(chunk, key=lambda i: -self.lengths[i])  # type: ignore[index]
+                    chunk = sorted(chunk, key=lambda i: (stale is not None and stale[i], -self.lengths[i]))  # type: ignore[index]
                 made = self._batches(chunk)
                 batches += made if g is None else shuffled(made, g)  # type: ignore[arg-type]
-            if self.drop_last:
+            if self.drop_last and not keep_partial:
                 batches = [b for b in batches if len(b) == self.batch_size]
             return batches
 

@@ -362,6 +362,23 @@ def test_growing_pools_are_nested_stratified_and_a_full_run_draws_every_row(rows
     assert batches[: rungs[0]] == run_batches(sampler(rows, labels, growth=(first, factor, epochs, max_steps, 7), batch=batch, group_by_length=grouped, no_duplicates=unique))[: rungs[0]]
 
 
+@pytest.mark.parametrize(("rows", "epochs", "unique", "repeats"), [(487, 2.0, False, False), (40, 3.0, False, True), (200, 2.0, True, True)])
+def test_with_drop_last_or_repeated_texts_every_step_stays_in_its_pool(rows, epochs, unique, repeats):
+    """drop_last keeps only full batches, and no-duplicate packing over repeated texts leaves part-filled ones:
+    the steps still keep to their pools, every epoch is as long as the sampler says, and with full batches
+    over two epochs or more every row is drawn."""
+    texts = [("dup" if i % 3 == 0 else f"q{i}") if repeats else f"q{i}" for i in range(rows)]
+    s = sampler(rows, [i % 2 for i in range(rows)], texts=texts, batch=8, drop_last=True, no_duplicates=unique, group_by_length=True, growth=(1, 2, epochs, None, 7))
+    batches = run_batches(s)
+    assert len(batches) == s.total_steps
+    rank = {row: i for i, row in enumerate(s.order)}
+    for step, b in enumerate(batches):
+        assert max(rank[i] for i in b) < next((n for r, n in s.pools if step < r), rows)
+        assert len({texts[i] for i in b}) == len(b) or not unique
+    if not unique:
+        assert {i for b in batches for i in b} == set(range(rows))
+
+
 def test_the_growth_order_comes_from_the_data_and_its_seed_and_batches_from_the_trial_seed():
     labels = [int(i % 3 == 0) for i in range(60)]
     a, b = sampler(60, labels, seed=1), sampler(60, labels, seed=2)
@@ -377,9 +394,11 @@ def test_growing_pools_keep_texts_unique_in_a_batch_and_never_hang():
     s = sampler(90, None, no_duplicates=True, group_by_length=True, texts=texts, batch=8, growth=(2, 2, 1.0, None, 0))
     batches = run_batches(s)
     assert len(batches) == 12 and all(len({texts[i] for i in b}) == len(b) for b in batches)
-    t0 = time.perf_counter()  # three distinct texts cannot fill a batch of 8: drop_last leaves nothing, and the sampler says so by ending
-    for growth in (None, (1, 2, 1.0, None, 0)):
-        assert list(sampler(42, None, texts=["x", "y", "z"] * 14, no_duplicates=True, group_by_length=True, batch=8, drop_last=True, growth=growth)) == []
+    t0 = time.perf_counter()  # three distinct texts cannot fill a batch of 8: drop_last leaves no batch, and the sampler ends
+    assert list(sampler(42, None, texts=["x", "y", "z"] * 14, no_duplicates=True, group_by_length=True, batch=8, drop_last=True, growth=None)) == []
+    grown = sampler(42, None, texts=["x", "y", "z"] * 14, no_duplicates=True, group_by_length=True, batch=8, drop_last=True, growth=(1, 2, 1.0, None, 0))
+    batches = list(grown)  # growing pools keep part-filled batches then, so every step stays in its pool
+    assert len(batches) == len(grown) == 5 and all(len(b) == 3 for b in batches)
     assert time.perf_counter() - t0 < 30
 
 

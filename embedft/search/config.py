@@ -128,7 +128,7 @@ class PrunerConfig(StrictModel):
     halving) also grows each trial's training data with the rungs: before rung ``r`` a trial draws
     its batches from the first ``r / total steps`` of one fixed, label-stratified order of the
     training rows, so a trial pruned early has trained on a small pool and one that runs to its end
-    has drawn every row. It sets the trials' ``training.data_growth``, which ``best_config.yaml``
+    has drawn every row (in at least one epoch). It sets the trials' ``training.data_growth``, which ``best_config.yaml``
     records.
     """
 
