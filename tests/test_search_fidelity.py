@@ -12,28 +12,19 @@ from embedft.search.warm import enqueue_warm_start
 from embedft.trial import dev_subsample, worker_models
 
 import search_helpers
-from conftest import DEMO_DATA
+from test_search import LR_SPACE
+from test_search import base as search_base
+from test_search import search_config as plain_search_config
 
 
 def base(tiny_model_path, **training):
-    return {
-        "data": {"source": str(DEMO_DATA), "cache": False, "max_train_pairs": 64},
-        "model": {"base_model": tiny_model_path},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-4, "eval_steps": 2, "progress": False, **training},
-    }
+    """test_search's base config, with smaller batches and a dev evaluation every 2 steps."""
+    return search_base(tiny_model_path, **{"batch_size": 16, "eval_steps": 2, **training})
 
 
 def search_config(tiny_model_path, tmp_path, **kw):
-    cfg = {
-        "base": base(tiny_model_path),
-        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
-        "n_trials": 3,
-        "sampler": {"type": "random", "seed": 1},
-        "pruner": {"type": "none"},
-        "output_dir": str(tmp_path / "search"),
-    }
-    cfg.update(kw)
-    return SearchConfig.from_dict(cfg)
+    """test_search's search config over the learning rate only, on :func:`base`."""
+    return plain_search_config(tiny_model_path, tmp_path, **{"base": base(tiny_model_path), "space": LR_SPACE, **kw})
 
 
 @pytest.fixture
