@@ -193,7 +193,7 @@ def _sampler_class() -> type:
                 while count > 0:
                     queue = shuffled([r for r in rows if not drawn[r]], g) + shuffled([r for r in rows if drawn[r]], g)
                     # the batches of the rows not drawn yet first; part-filled ones kept when drop_last would leave none
-                    batches = self._batched(queue, None, stale=drawn)[:count] or self._batched(queue, None, stale=drawn, keep_partial=True)[:count]
+                    batches = self._batched(queue, stale=drawn)[:count] or self._batched(queue, stale=drawn, keep_partial=True)[:count]
                     if not batches:  # no rows at all
                         break
                     for batch in batches:
@@ -216,20 +216,19 @@ def _sampler_class() -> type:
 
         def _pass(self, rows: list[int], g: Any) -> list[list[int]]:
             """One shuffled pass over ``rows`` as batches, in random order."""
-            batches = self._batched(shuffled(rows, g), g=None)
+            batches = self._batched(shuffled(rows, g))
             return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
-        def _batched(self, order: list[int], g: Any, stale: list[bool] | None = None, keep_partial: bool = False) -> list[list[int]]:
+        def _batched(self, order: list[int], stale: list[bool] | None = None, keep_partial: bool = False) -> list[list[int]]:
             """``order`` cut into batches, a window of ``WINDOW_BATCHES`` batches at a time, sorted by length within it
-            when grouping (the rows ``stale`` marks after the others); with ``g``, each window's batches shuffled."""
+            when grouping (the rows ``stale`` marks after the others); ``drop_last`` drops part-filled ones unless ``keep_partial``."""
             window = self.batch_size * WINDOW_BATCHES
             batches: list[list[int]] = []
             for start in range(0, len(order), window):
                 chunk = order[start : start + window]
                 if self.lengths is not None:
                     chunk = sorted(chunk, key=lambda i: (stale is not None and stale[i], -self.lengths[i]))  # type: ignore[index]
-                made = self._batches(chunk)
-                batches += made if g is None else shuffled(made, g)  # type: ignore[arg-type]
+                batches += self._batches(chunk)
             if self.drop_last and not keep_partial:
                 batches = [b for b in batches if len(b) == self.batch_size]
             return batches
